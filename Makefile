@@ -1,0 +1,35 @@
+# Two commands on a fresh machine: `make run` (the main job) and `make test` (the suite).
+# Each creates .venv and installs what it needs. torch is installed first at an exact CPU
+# version, so pip never resolves the package's `torch>=2.4` range to a multi-GB CUDA build.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+RUN_ARGS ?=
+
+.PHONY: run test lint data clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==$(TORCH_VERSION)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+# The real Fashion-MNIST from Debian's package, where apt-get exists; otherwise `resnets`
+# looks in --data-dir, $$RESNETS_DATA or its cache, and downloads as a last resort.
+data:
+	@if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
+		|| echo "note: could not install dataset-fashion-mnist; resnets will try its other sources"; \
+	fi
+
+run: $(VENV)/.installed data
+	$(VENV)/bin/resnets summary d2l_resnet18 $(RUN_ARGS)
+
+test: $(VENV)/.installed
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

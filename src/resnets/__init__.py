@@ -1,0 +1,36 @@
+"""resnets: exact residual networks, and a trainer that never dies of memory.
+
+`resnets.create_model("resnet50")` and `resnets.resnet50()` are the same thing: every name in
+`resnets.list_models()` has a shortcut function here.
+"""
+
+from functools import partial
+
+from resnets.models import (
+    MODEL_SPECS,
+    BasicBlock,
+    Bottleneck,
+    PreActBlock,
+    PreActBottleneck,
+    ResNet,
+    create_model,
+    list_models,
+)
+
+__version__ = "0.1.0"
+
+# One shortcut per named model, e.g. resnets.resnet18(num_classes=10).
+for _name in MODEL_SPECS:
+    globals()[_name] = partial(create_model, _name)
+del _name
+
+__all__ = [
+    "BasicBlock",
+    "Bottleneck",
+    "PreActBlock",
+    "PreActBottleneck",
+    "ResNet",
+    "create_model",
+    "list_models",
+    *MODEL_SPECS,
+]

@@ -1,0 +1,18 @@
+"""The one exception type the command line turns into a short message instead of a traceback."""
+
+from __future__ import annotations
+
+
+class ResnetsError(Exception):
+    """A failure the user can fix: the message names the thing and the fix.
+
+    `exit_code` is what the command line exits with (2 for bad usage, as argparse does).
+    """
+
+    exit_code = 1
+
+
+class UsageError(ResnetsError, ValueError):
+    """A bad name, size or option given by the caller."""
+
+    exit_code = 2

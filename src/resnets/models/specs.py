@@ -1,0 +1,141 @@
+"""Every named network as one row of data, and `create_model` to build it.
+
+The ImageNet rows are Table 1 of He et al. 2015 ("Deep residual learning", arXiv:1512.03385);
+the CIFAR rows are its section 4.2 (6n+2 layers, option-A shortcuts) and He et al. 2016
+("Identity mappings", arXiv:1603.05027) for the pre-activation networks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from resnets.errors import UsageError
+from resnets.models.resnet import ResNet
+
+IMAGENET_BASIC = (64, 128, 256, 512)
+IMAGENET_BOTTLENECK = (256, 512, 1024, 2048)
+CIFAR_BASIC = (16, 32, 64)
+CIFAR_BOTTLENECK = (64, 128, 256)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A network as data: block kind, blocks per stage, stage widths, and its defaults."""
+
+    block: str
+    layers: tuple[int, ...]
+    widths: tuple[int, ...]
+    stem: str = "imagenet"
+    stem_width: int = 64
+    in_channels: int = 3
+    num_classes: int = 1000
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def _imagenet(block: str, layers: tuple[int, ...]) -> ModelSpec:
+    widths = IMAGENET_BOTTLENECK if block.endswith("bottleneck") else IMAGENET_BASIC
+    return ModelSpec(block, layers, widths)
+
+
+def _cifar(block: str, n: int, **options: Any) -> ModelSpec:
+    widths = CIFAR_BOTTLENECK if block.endswith("bottleneck") else CIFAR_BASIC
+    return ModelSpec(block, (n, n, n), widths, "cifar", 16, num_classes=10, options=options)
+
+
+# The chapter's network: conv biases, a bare 1x1 projection, Xavier init, 1 channel, 10 classes.
+_D2L = ModelSpec(
+    "basic", (2, 2, 2, 2), IMAGENET_BASIC, in_channels=1, num_classes=10,
+    options={"bias": True, "projection_norm": False, "init": "xavier"},
+)  # fmt: skip
+_PREACT_CIFAR = {"stem_norm": False}
+
+MODEL_SPECS: dict[str, ModelSpec] = {
+    "resnet18": _imagenet("basic", (2, 2, 2, 2)),
+    "resnet34": _imagenet("basic", (3, 4, 6, 3)),
+    "resnet50": _imagenet("bottleneck", (3, 4, 6, 3)),
+    "resnet101": _imagenet("bottleneck", (3, 4, 23, 3)),
+    "resnet152": _imagenet("bottleneck", (3, 8, 36, 3)),
+    "preact_resnet18": _imagenet("preact_basic", (2, 2, 2, 2)),
+    "preact_resnet34": _imagenet("preact_basic", (3, 4, 6, 3)),
+    "preact_resnet50": _imagenet("preact_bottleneck", (3, 4, 6, 3)),
+    "preact_resnet101": _imagenet("preact_bottleneck", (3, 4, 23, 3)),
+    "preact_resnet152": _imagenet("preact_bottleneck", (3, 8, 36, 3)),
+    "d2l_resnet18": _D2L,
+    "cifar_resnet20": _cifar("basic", 3, shortcut="A"),
+    "cifar_resnet32": _cifar("basic", 5, shortcut="A"),
+    "cifar_resnet44": _cifar("basic", 7, shortcut="A"),
+    "cifar_resnet56": _cifar("basic", 9, shortcut="A"),
+    "cifar_resnet110": _cifar("basic", 18, shortcut="A"),
+    "cifar_resnet1202": _cifar("basic", 200, shortcut="A"),
+    "cifar_preact_resnet110": _cifar("preact_basic", 18, **_PREACT_CIFAR),
+    "cifar_preact_resnet164": _cifar("preact_bottleneck", 18, **_PREACT_CIFAR),
+    "cifar_preact_resnet1001": _cifar("preact_bottleneck", 111, **_PREACT_CIFAR),
+}
+
+# Options a caller may set on any named model (beyond in_channels and num_classes).
+MODEL_OPTIONS = ("small_input", "width", "zero_init_residual", "shortcut", "stride_on")
+
+
+class UnknownModelError(UsageError):
+    """A model name that is not in MODEL_SPECS."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"unknown model {name!r}; choose one of: {', '.join(MODEL_SPECS)}")
+
+
+def list_models() -> list[str]:
+    """Every model name `create_model` accepts, in table order."""
+    return list(MODEL_SPECS)
+
+
+def _scale(channels: int, width: float, multiple: int) -> int:
+    return max(multiple, round(channels * width / multiple) * multiple)
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
+    small_input: bool = False,
+    width: float = 1.0,
+    **options: Any,
+) -> ResNet:
+    """Build the named network.
+
+    Args:
+        name: one of `list_models()`.
+        num_classes, in_channels: override the model's defaults (1000 and 3 for ImageNet
+            networks, 10 and 1 for the chapter's, 10 and 3 for the CIFAR ones).
+        small_input: use the 3x3 stride-1 stem without max pool, for 28x28 or 32x32 images.
+        width: multiplies every channel count (0.5 halves the network's width).
+        options: `zero_init_residual`, `shortcut` ("A", "B", "C") and, for bottlenecks,
+            `stride_on` ("3x3" or "1x1").
+    """
+    if name not in MODEL_SPECS:
+        raise UnknownModelError(name)
+    unknown = set(options) - set(MODEL_OPTIONS)
+    if unknown:
+        raise UsageError(
+            f"unknown option(s) {', '.join(sorted(unknown))}; valid: {', '.join(MODEL_OPTIONS)}"
+        )
+    if not width > 0:
+        raise UsageError(f"width must be positive, not {width}")
+    spec = MODEL_SPECS[name]
+    if "stride_on" in options and spec.block != "bottleneck":
+        raise UsageError(f"stride_on applies to bottleneck networks only, not {name}")
+    expansion = 4 if spec.block.endswith("bottleneck") else 1
+    kwargs: dict[str, Any] = {**spec.options, **options}
+    stem = "cifar" if small_input else spec.stem
+    return ResNet(
+        spec.block,
+        spec.layers,
+        tuple(_scale(w, width, expansion) for w in spec.widths),
+        in_channels=spec.in_channels if in_channels is None else in_channels,
+        num_classes=spec.num_classes if num_classes is None else num_classes,
+        stem=stem,
+        stem_width=_scale(spec.stem_width, width, 1),
+        **kwargs,
+    )
+
