@@ -25,7 +25,8 @@ def check_input_size(model: nn.Module, input_size: Sequence[int]) -> tuple[int, 
     if channels is not None and input_size[0] != channels:
         raise UsageError(
             f"the model takes {channels}-channel images, not {input_size[0]}; "
-            f"pass --input-size {channels} {input_size[1]} {input_size[2]} or --in-channels"
+            f"use --input-size {channels} {input_size[1]} {input_size[2]}, "
+            "or build it with --in-channels"
         )
     return input_size[0], input_size[1], input_size[2]
 

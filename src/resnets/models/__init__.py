@@ -7,6 +7,7 @@ from resnets.models.specs import (
     ModelSpec,
     UnknownModelError,
     create_model,
+    default_input_size,
     list_models,
 )
 
@@ -20,6 +21,7 @@ __all__ = [
     "ResNet",
     "UnknownModelError",
     "create_model",
+    "default_input_size",
     "list_models",
     "make_stages",
 ]

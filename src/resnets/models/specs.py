@@ -89,6 +89,15 @@ def list_models() -> list[str]:
     return list(MODEL_SPECS)
 
 
+def default_input_size(name: str) -> tuple[int, int, int]:
+    """(C, H, W) a named model is described at: 224px for ImageNet stems, 32px for CIFAR ones."""
+    if name not in MODEL_SPECS:
+        raise UnknownModelError(name)
+    spec = MODEL_SPECS[name]
+    side = 224 if spec.stem == "imagenet" else 32
+    return (spec.in_channels, side, side)
+
+
 def _scale(channels: int, width: float, multiple: int) -> int:
     return max(multiple, round(channels * width / multiple) * multiple)
 
@@ -138,4 +147,3 @@ def create_model(
         stem_width=_scale(spec.stem_width, width, 1),
         **kwargs,
     )
-

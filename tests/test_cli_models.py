@@ -1,0 +1,109 @@
+"""`resnets models` and `resnets summary`: output, JSON, MACs and the errors a user sees."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from torch import nn
+
+from resnets.cli import main
+from resnets.errors import UsageError
+from resnets.summary import count_macs, summarize
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    try:
+        code = main(list(argv))
+    except SystemExit as exit_:  # argparse's own usage errors
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_resnet18_macs_match_the_paper() -> None:
+    from resnets import resnet18
+
+    # 1.8 x 10^9 in He et al. 2015, Table 1; 1.81G in torchvision's documentation.
+    assert round(count_macs(resnet18(), (3, 224, 224)) / 1e9, 2) == 1.81
+
+
+def test_summary_text(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "summary", "d2l_resnet18")
+    assert code == 0
+    assert "layer4   (1, 512, 7, 7)" in out
+    assert "parameters: 11,178,378" in out
+    assert "MACs:       1,734,890,496" in out
+
+
+def test_summary_json(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(
+        capsys,
+        "summary",
+        "resnet18",
+        "--input-size",
+        "3",
+        "224",
+        "224",
+        "--num-classes",
+        "10",
+        "--json",
+    )
+    assert code == 0
+    data = json.loads(out)
+    assert set(data) == {"layers", "params", "macs"}
+    assert data["layers"][-1] == {"name": "fc", "output_shape": [1, 10], "params": 5130}
+    assert all(set(layer) == {"name", "output_shape", "params"} for layer in data["layers"])
+    assert data["params"] == 11_689_512 - 1000 * 513 + 10 * 513
+    assert 1.80e9 < data["macs"] < 1.82e9
+
+
+def test_summary_depth_two_lists_blocks(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "summary", "cifar_resnet20", "--depth", "2", "--json")
+    names = [layer["name"] for layer in json.loads(out)["layers"]]
+    assert code == 0 and "layer3.2" in names and "layer3" in names
+
+
+def test_models_lists_every_name_with_params(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "models", "--json")
+    rows = {row["name"]: row for row in json.loads(out)}
+    assert code == 0 and len(rows) == 20
+    assert rows["resnet50"]["params"] == 25_557_032
+    assert rows["d2l_resnet18"]["input_size"] == [1, 224, 224]
+
+
+def test_bad_name_lists_valid_names_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "summary", "resnet19")
+    assert code == 2 and out == ""
+    assert "unknown model 'resnet19'" in err and "cifar_resnet20" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_wrong_channel_count_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "summary", "resnet18", "--input-size", "1", "96", "96")
+    assert code == 2
+    assert err.strip() == (
+        "resnets: error: the model takes 3-channel images, not 1; use --input-size 3 96 96, "
+        "or build it with --in-channels"
+    )
+
+
+def test_non_positive_size_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "summary", "resnet18", "--input-size", "3", "0", "96")
+    assert code == 2 and "positive integer" in err and "Traceback" not in err
+
+
+def test_input_too_small_for_a_layer() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 1, 5))
+    with pytest.raises(UsageError, match="input size 1 3 3 does not pass through the network"):
+        summarize(model, (1, 3, 3))
+
+
+def test_console_script_entry_point() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "resnets.cli", "summary", "resnet1"], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("resnets: error: unknown model")
