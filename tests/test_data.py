@@ -1,0 +1,470 @@
+"""Tests for resnets.data: IDX files, finding and checking Fashion-MNIST, and device batches."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import struct
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from resnets.data import (
+    AUGMENTATIONS,
+    MEAN,
+    STD,
+    ChecksumError,
+    DataNotFoundError,
+    DeviceBatches,
+    IdxError,
+    load_fashion_mnist,
+    locate,
+    read_idx,
+    write_idx,
+)
+from resnets.data import fashion_mnist as fm
+from resnets.data.idx import idx_payload_sha256
+from resnets.errors import UsageError
+
+STEMS = tuple(fm.FILES)
+# Read before any fixture points these elsewhere: where the real data may be.
+REAL_DIRS = [Path(d) for d in (os.environ.get("RESNETS_DATA"), str(fm.SYSTEM_DIR)) if d]
+
+
+def make_dataset(
+    directory: Path, *, seed: int = 0, n_train: int = 300, n_test: int = 100, gz: bool = True
+) -> dict[str, torch.Tensor]:
+    """Write four tiny random Fashion-MNIST-shaped files into `directory`; return their tensors."""
+    g = torch.Generator().manual_seed(seed)
+    tensors = {
+        "train-images-idx3-ubyte": torch.randint(256, (n_train, 28, 28), generator=g),
+        "train-labels-idx1-ubyte": torch.randint(10, (n_train,), generator=g),
+        "t10k-images-idx3-ubyte": torch.randint(256, (n_test, 28, 28), generator=g),
+        "t10k-labels-idx1-ubyte": torch.randint(10, (n_test,), generator=g),
+    }
+    directory.mkdir(parents=True, exist_ok=True)
+    for stem, tensor in tensors.items():
+        tensors[stem] = tensor.to(torch.uint8)
+        write_idx(directory / (f"{stem}.gz" if gz else stem), tensors[stem])
+    return tensors
+
+
+def trust(monkeypatch: pytest.MonkeyPatch, directory: Path) -> None:
+    """Make the files in `directory` the ones whose hashes FILES expects."""
+    hashes = {stem: idx_payload_sha256(fm.find_file(directory, stem)) for stem in STEMS}
+    monkeypatch.setattr(fm, "FILES", hashes)
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point the system and cache dirs into tmp_path, and make any real network access fail."""
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("tests must not touch the network")
+
+    monkeypatch.setattr(fm, "SYSTEM_DIR", tmp_path / "system")
+    monkeypatch.setenv("RESNETS_DATA", str(tmp_path / "cache"))
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+
+
+# --- IDX files ---
+
+
+@pytest.mark.parametrize("name", ["x-idx3-ubyte.gz", "x-idx3-ubyte"])
+def test_idx_round_trip(tmp_path: Path, name: str) -> None:
+    images = torch.randint(256, (7, 28, 28), dtype=torch.uint8)
+    write_idx(tmp_path / name, images)
+    assert (tmp_path / name).read_bytes().startswith(b"\x1f\x8b") == name.endswith(".gz")
+    back = read_idx(tmp_path / name)
+    assert back.dtype == torch.uint8 and torch.equal(back, images)
+    back[0, 0, 0] = 1  # writable: no warning, no error
+
+
+def test_idx_gzip_detected_by_content_not_name(tmp_path: Path) -> None:
+    labels = torch.arange(10, dtype=torch.uint8)
+    write_idx(tmp_path / "gzipped", labels, compress=True)
+    write_idx(tmp_path / "plain.gz", labels, compress=False)
+    assert (tmp_path / "gzipped").read_bytes()[:2] == b"\x1f\x8b"
+    assert (tmp_path / "plain.gz").read_bytes()[:3] == b"\0\0\x08"
+    assert torch.equal(read_idx(tmp_path / "gzipped"), labels)
+    assert torch.equal(read_idx(tmp_path / "plain.gz"), labels)
+
+
+def idx_bytes(dims: tuple[int, ...], data: bytes, type_code: int = 0x08) -> bytes:
+    return bytes((0, 0, type_code, len(dims))) + struct.pack(f">{len(dims)}I", *dims) + data
+
+
+GOOD = idx_bytes((4, 5), bytes(20))
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"\x01\x00" + GOOD[2:], "bad magic number"),
+        (b"\0\0", "bad magic number"),
+        (idx_bytes((4, 5), bytes(80), type_code=0x0D), "unsupported IDX type code 0x0d"),
+        (GOOD[:6], "truncated header"),
+        (GOOD[:-7], "truncated: expected 20 bytes of data, found 13"),
+        (GOOD + b"\0\0\0", "extra bytes: expected 20 bytes of data, found 23"),
+        (gzip.compress(GOOD)[:-12], "corrupt gzip stream"),
+        (gzip.compress(GOOD)[:12] + b"\xff" * 30, "corrupt gzip stream"),
+    ],
+)
+def test_idx_errors_name_the_file(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "broken-idx1-ubyte.gz"
+    path.write_bytes(content)
+    with pytest.raises(IdxError, match="broken-idx1-ubyte.gz") as err:
+        read_idx(path)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_idx_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(IdxError, match="nothere.*no such file"):
+        read_idx(tmp_path / "nothere")
+
+
+def test_payload_hash_is_over_decompressed_bytes(tmp_path: Path) -> None:
+    images = torch.randint(256, (3, 28, 28), dtype=torch.uint8)
+    write_idx(tmp_path / "a.gz", images)
+    write_idx(tmp_path / "a", images)
+    expected = hashlib.sha256((tmp_path / "a").read_bytes()).hexdigest()
+    assert idx_payload_sha256(tmp_path / "a.gz") == idx_payload_sha256(tmp_path / "a") == expected
+
+
+# --- loading ---
+
+
+def test_load_shapes_dtypes_and_truncation(tmp_path: Path) -> None:
+    tensors = make_dataset(tmp_path / "d", gz=False)
+    data = load_fashion_mnist(tmp_path / "d", verify=False)
+    assert data.train_images.shape == (300, 28, 28) and data.train_images.dtype == torch.uint8
+    assert data.test_labels.shape == (100,) and data.test_labels.dtype == torch.int64
+    assert torch.equal(data.train_labels, tensors["train-labels-idx1-ubyte"].long())
+    assert len(data.classes) == 10 and data.classes[9] == "Ankle boot"
+    small = load_fashion_mnist(tmp_path / "d", verify=False, train_samples=20, test_samples=500)
+    assert torch.equal(small.train_images, data.train_images[:20])
+    assert len(small.train_labels) == 20 and len(small.test_images) == 100
+    with pytest.raises(UsageError, match="train_samples"):
+        load_fashion_mnist(tmp_path / "d", verify=False, train_samples=0)
+
+
+def test_image_label_count_mismatch_names_both_files(tmp_path: Path) -> None:
+    make_dataset(tmp_path / "d")
+    write_idx(tmp_path / "d" / "t10k-labels-idx1-ubyte.gz", torch.zeros(99, dtype=torch.uint8))
+    with pytest.raises(IdxError) as err:
+        load_fashion_mnist(tmp_path / "d", verify=False)
+    message = str(err.value)
+    assert "t10k-images-idx3-ubyte.gz has 100 images" in message
+    assert "t10k-labels-idx1-ubyte.gz has 99 labels" in message
+
+
+def test_label_out_of_range(tmp_path: Path) -> None:
+    make_dataset(tmp_path / "d")
+    write_idx(
+        tmp_path / "d" / "t10k-labels-idx1-ubyte.gz", torch.full((100,), 10, dtype=torch.uint8)
+    )
+    with pytest.raises(IdxError, match="t10k-labels-idx1-ubyte.gz: label 10"):
+        load_fashion_mnist(tmp_path / "d", verify=False)
+
+
+# --- where the data comes from ---
+
+
+def test_data_dir_wins_over_system_and_cache(tmp_path: Path) -> None:
+    make_dataset(tmp_path / "system", seed=1)
+    make_dataset(tmp_path / "cache", seed=2)
+    mine = make_dataset(tmp_path / "mine", seed=3)
+    assert locate(tmp_path / "mine", verify=False) == tmp_path / "mine"
+    data = load_fashion_mnist(tmp_path / "mine", verify=False)
+    assert torch.equal(data.test_images, mine["t10k-images-idx3-ubyte"])
+
+
+def test_system_dir_wins_over_cache(tmp_path: Path) -> None:
+    make_dataset(tmp_path / "system", seed=1)
+    make_dataset(tmp_path / "cache", seed=2)
+    assert locate(verify=False) == tmp_path / "system"
+
+
+def test_cache_used_when_system_missing_or_incomplete(tmp_path: Path) -> None:
+    make_dataset(tmp_path / "cache", gz=False)
+    assert locate(verify=False) == tmp_path / "cache"
+    make_dataset(tmp_path / "system")
+    (tmp_path / "system" / "train-labels-idx1-ubyte.gz").unlink()
+    assert locate(verify=False) == tmp_path / "cache"
+
+
+def test_cache_dir_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RESNETS_DATA", str(tmp_path / "elsewhere"))
+    assert fm.cache_dir() == tmp_path / "elsewhere"
+    monkeypatch.delenv("RESNETS_DATA")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert fm.cache_dir() == tmp_path / "home" / ".cache" / "resnets" / "fashion-mnist"
+
+
+def test_incomplete_data_dir_names_missing_files(tmp_path: Path) -> None:
+    make_dataset(tmp_path / "system")
+    make_dataset(tmp_path / "mine")
+    (tmp_path / "mine" / "train-images-idx3-ubyte.gz").unlink()
+    (tmp_path / "mine" / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataNotFoundError) as err:
+        locate(tmp_path / "mine", verify=False)
+    message = str(err.value)
+    assert str(tmp_path / "mine") in message
+    assert "train-images-idx3-ubyte" in message and "t10k-labels-idx1-ubyte" in message
+    assert "train-labels" not in message
+
+
+# --- checksums ---
+
+
+def test_checksums_verify_and_tampering_is_caught(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_dataset(tmp_path / "good")
+    trust(monkeypatch, tmp_path / "good")
+    assert locate(tmp_path / "good") == tmp_path / "good"
+    make_dataset(tmp_path / "bad")
+    images = read_idx(tmp_path / "bad" / "t10k-images-idx3-ubyte.gz")
+    images[0, 0, 0] ^= 1
+    write_idx(tmp_path / "bad" / "t10k-images-idx3-ubyte.gz", images)
+    with pytest.raises(ChecksumError) as err:
+        locate(tmp_path / "bad")
+    message = str(err.value)
+    assert "t10k-images-idx3-ubyte.gz" in message and "delete it" in message
+    assert fm.FILES["t10k-images-idx3-ubyte"] in message
+    assert idx_payload_sha256(tmp_path / "bad" / "t10k-images-idx3-ubyte.gz") in message
+    assert locate(tmp_path / "bad", verify=False) == tmp_path / "bad"
+
+
+def test_gzip_and_plain_copies_verify_with_the_same_hashes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_dataset(tmp_path / "gz", gz=True)
+    make_dataset(tmp_path / "plain", gz=False)
+    trust(monkeypatch, tmp_path / "gz")
+    assert locate(tmp_path / "plain") == tmp_path / "plain"
+
+
+def test_verification_is_cached_per_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_dataset(tmp_path / "d")
+    trust(monkeypatch, tmp_path / "d")
+    locate(tmp_path / "d")
+
+    def no_rehash(path: object) -> str:
+        raise AssertionError(f"{path} hashed twice")
+
+    monkeypatch.setattr(fm, "idx_payload_sha256", no_rehash)
+    locate(tmp_path / "d")
+
+
+# --- download ---
+
+
+class FakeResponse(io.BytesIO):
+    """What urlopen returns, enough for the downloader; breaks after `fail_after` bytes if set."""
+
+    def __init__(self, data: bytes, fail_after: int | None = None) -> None:
+        super().__init__(data)
+        self.headers = {"Content-Length": str(len(data))}
+        self.fail_after = fail_after
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self.fail_after is not None and self.tell() >= self.fail_after:
+            raise ConnectionResetError("connection reset by peer")
+        limit = self.fail_after if self.fail_after is not None else size
+        return super().read(limit)
+
+
+def serve(monkeypatch: pytest.MonkeyPatch, source: Path, broken: str | None = None) -> list[str]:
+    """Serve `source` as the mirror, files starting with `broken` failing; return the URLs asked."""
+    asked: list[str] = []
+
+    def urlopen(url: str, timeout: float) -> FakeResponse:
+        asked.append(url)
+        name = url.removeprefix(fm.MIRROR)
+        fail_after = 100 if broken and name.startswith(broken) else None
+        return FakeResponse((source / name).read_bytes(), fail_after)
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    return asked
+
+
+def test_download_into_cache_and_verify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_dataset(tmp_path / "mirror")
+    trust(monkeypatch, tmp_path / "mirror")
+    asked = serve(monkeypatch, tmp_path / "mirror")
+    assert locate(progress=False) == tmp_path / "cache"
+    assert sorted(asked) == sorted(f"{fm.MIRROR}{stem}.gz" for stem in STEMS)
+    for stem in STEMS:
+        got = (tmp_path / "cache" / f"{stem}.gz").read_bytes()
+        assert got == (tmp_path / "mirror" / f"{stem}.gz").read_bytes()
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted(
+        f"{stem}.gz" for stem in STEMS
+    )
+
+
+def test_download_fetches_only_missing_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_dataset(tmp_path / "mirror")
+    make_dataset(tmp_path / "cache")
+    (tmp_path / "cache" / "t10k-labels-idx1-ubyte.gz").unlink()
+    asked = serve(monkeypatch, tmp_path / "mirror")
+    locate(progress=False, verify=False)
+    assert asked == [f"{fm.MIRROR}t10k-labels-idx1-ubyte.gz"]
+
+
+def test_failed_download_explains_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_dataset(tmp_path / "mirror")
+    serve(monkeypatch, tmp_path / "mirror", broken="t10k-images")
+    with pytest.raises(DataNotFoundError) as err:
+        locate(progress=False)
+    message = str(err.value)
+    assert "apt-get install dataset-fashion-mnist" in message
+    assert "--data-dir" in message and "$RESNETS_DATA" in message
+    assert fm.MIRROR in message and "connection reset" in message
+    left = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert "t10k-images-idx3-ubyte.gz" not in left
+    assert not [name for name in left if name.endswith(".part")]
+
+
+def test_no_download_when_turned_off(tmp_path: Path) -> None:
+    with pytest.raises(DataNotFoundError, match="downloading is turned off"):
+        locate(download=False)
+    assert not (tmp_path / "cache").exists()
+
+
+# --- device batches ---
+
+
+def batches(n: int = 10, **kwargs: object) -> DeviceBatches:
+    """Batches over `n` distinct random images whose labels are their indices."""
+    images = torch.randint(1, 256, (n, 28, 28), generator=torch.Generator().manual_seed(n))
+    options = {"batch_size": 4, "image_size": 28} | kwargs
+    return DeviceBatches(images.to(torch.uint8), torch.arange(n), **options)
+
+
+def to_pixels(x: torch.Tensor) -> torch.Tensor:
+    """Undo the normalisation, back to uint8 pixel values."""
+    return (x.float() * (255 * STD) + 255 * MEAN).round().to(torch.uint8)
+
+
+def test_batch_shapes_counts_and_order() -> None:
+    data = batches(10)
+    got = list(data.epoch(0))
+    assert len(data) == 3 and [len(y) for _, y in got] == [4, 4, 2]
+    x, y = got[0]
+    assert x.shape == (4, 1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert torch.equal(torch.cat([y for _, y in got]), torch.arange(10))
+    assert torch.equal(to_pixels(x), data.images[:4])
+    dropped = batches(10, drop_last=True)
+    assert len(dropped) == 2 and [len(y) for _, y in dropped.epoch(0)] == [4, 4]
+    assert len(batches(8, drop_last=True)) == len(batches(8)) == 2
+
+
+def test_normalisation_of_constant_images() -> None:
+    images = torch.stack([torch.full((28, 28), 255), torch.zeros(28, 28)]).to(torch.uint8)
+    x, _ = next(DeviceBatches(images, torch.zeros(2), batch_size=2, image_size=28).epoch(0))
+    assert torch.allclose(x[0], torch.full_like(x[0], (1 - MEAN) / STD))
+    assert torch.allclose(x[1], torch.full_like(x[1], -MEAN / STD))
+
+
+@pytest.mark.parametrize("size", [96, 14])
+def test_resize(size: int) -> None:
+    x, _ = next(batches(image_size=size).epoch(0))
+    assert x.shape == (4, 1, size, size)
+    flat = torch.full((1, 28, 28), 200, dtype=torch.uint8)
+    x, _ = next(DeviceBatches(flat, torch.zeros(1), batch_size=1, image_size=size).epoch(0))
+    assert torch.allclose(x, torch.full_like(x, (200 / 255 - MEAN) / STD), atol=1e-5)
+
+
+def test_channels_last_and_dtype() -> None:
+    x, _ = next(batches(image_size=32, channels_last=True, dtype=torch.bfloat16).epoch(0))
+    assert x.dtype == torch.bfloat16
+    assert x.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_shuffle_sees_every_sample_once_and_is_reproducible() -> None:
+    data = batches(50, batch_size=8, shuffle=True, augment="crop+flip", seed=7)
+    first = list(data.epoch(3))
+    order = torch.cat([y for _, y in first])
+    assert torch.equal(order.sort().values, torch.arange(50))
+    assert not torch.equal(order, torch.arange(50))
+    again = list(batches(50, batch_size=8, shuffle=True, augment="crop+flip", seed=7).epoch(3))
+    assert all(
+        torch.equal(a, c) and torch.equal(b, d) for (a, b), (c, d) in zip(first, again, strict=True)
+    )
+    assert not torch.equal(torch.cat([y for _, y in data.epoch(4)]), order)
+    other_seed = batches(50, batch_size=8, shuffle=True, seed=8)
+    assert not torch.equal(torch.cat([y for _, y in other_seed.epoch(3)]), order)
+
+
+def test_crop_shifts_each_image_within_the_padding() -> None:
+    data = batches(64, batch_size=64, shuffle=True, augment="crop")
+    x, y = next(data.epoch(0))
+    got, originals = to_pixels(x), data.images[y]
+    padded = torch.nn.functional.pad(originals, (2, 2, 2, 2))
+    shifts = torch.stack(
+        [padded[..., i : i + 28, j : j + 28] for i in range(5) for j in range(5)], dim=1
+    )  # (N, 25, 1, 28, 28), shift 12 is the identity
+    matches = (shifts == got.unsqueeze(1)).flatten(2).all(-1)
+    assert matches.any(1).all(), "every output is a shift of its own image"
+    shift = matches.int().argmax(1)
+    assert (shift != 12).sum() > 40, "most images moved"
+    assert len(shift.unique()) > 10, "by random offsets, not one"
+
+
+def test_flip_mirrors_some_images() -> None:
+    data = batches(64, batch_size=64, augment="flip")
+    x, y = next(data.epoch(0))
+    got, originals = to_pixels(x), data.images[y]
+    same = (got == originals).flatten(1).all(1)
+    flipped = (got == torch.flip(originals, [-1])).flatten(1).all(1)
+    assert (same ^ flipped).all() and same.any() and flipped.any()
+
+
+def test_batches_validate_options() -> None:
+    with pytest.raises(UsageError, match="crop\\+flip"):
+        batches(augment="rotate")
+    with pytest.raises(UsageError, match="at least 1"):
+        batches(batch_size=0)
+    with pytest.raises(UsageError, match="at least 1"):
+        batches(image_size=0)
+    assert AUGMENTATIONS == ("none", "flip", "crop", "crop+flip")
+
+
+# --- the real data ---
+
+
+def real_dir() -> Path | None:
+    return next((d for d in REAL_DIRS if all(fm.find_file(d, s) for s in STEMS)), None)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    real_dir() is None,
+    reason="real Fashion-MNIST not found in $RESNETS_DATA or /usr/share/datasets/fashion-mnist "
+    "(apt-get install dataset-fashion-mnist)",
+)
+def test_real_fashion_mnist() -> None:
+    directory = real_dir()
+    assert locate(directory, download=False, verify=True) == directory
+    data = load_fashion_mnist(directory, download=False)
+    assert data.train_images.shape == (60000, 28, 28) and data.test_images.shape == (10000, 28, 28)
+    assert len(data.train_labels) == 60000 and len(data.test_labels) == 10000
+    for labels in (data.train_labels, data.test_labels):
+        assert labels.min() == 0 and labels.max() == 9
+    counts = torch.bincount(data.train_images.flatten(), minlength=256).double()
+    values = torch.arange(256, dtype=torch.float64) / 255
+    mean = (counts * values).sum() / counts.sum()
+    std = ((counts * (values - mean) ** 2).sum() / counts.sum()).sqrt()
+    assert round(mean.item(), 3) == round(MEAN, 3) and round(std.item(), 3) == round(STD, 3)
