@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+import typing
 from collections.abc import Callable, Sequence
 
 from resnets.errors import ResnetsError
@@ -44,6 +46,67 @@ def _summary(args: argparse.Namespace) -> int:
     summary = summarize(model, size, depth=args.depth)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from resnets.training import TrainConfig, Trainer, make_config
+
+    settings = {name: getattr(args, name) for name in TrainConfig.__dataclass_fields__}
+    log = print
+    if args.resume:
+        trainer = Trainer.resume(args.resume, settings, log=log, quiet=args.quiet)
+    else:
+        config = make_config(args.recipe, args.config, settings)
+        trainer = Trainer(config, log=log, quiet=args.quiet)
+    trainer.fit()
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from resnets.training import evaluate_checkpoint
+
+    overrides = {
+        "device": args.device, "data_dir": args.data_dir, "test_samples": args.test_samples,
+        "eval_batch_size": args.batch_size, "tta": args.tta,
+    }  # fmt: skip
+    result = evaluate_checkpoint(args.run, overrides)
+    if args.json:
+        keys = ("test_acc", "test_loss", "per_class", "confusion", "images", "checkpoint", "epoch")
+        print(json.dumps({k: result[k] for k in keys}, indent=2))
+        return 0
+    print(f"{result['checkpoint']} (after epoch {result['epoch']}), {result['images']} test images")
+    print(f"test accuracy {result['test_acc']:.4f}, test loss {result['test_loss']:.4f}\n")
+    names = list(result["per_class"])
+    width = max(map(len, names))
+    print(f"{'class':<{width}}  accuracy")
+    for name, acc in result["per_class"].items():
+        print(f"{name:<{width}}  {acc:.4f}")
+    print("\nconfusion matrix (rows: true class, columns: predicted, in class order above)")
+    for name, row in zip(names, result["confusion"], strict=True):
+        print(f"{name:<{width}}  " + " ".join(f"{n:5d}" for n in row))
+    print(f"\nwrote {result['confusion_png']}")
+    return 0
+
+
+def _add_train_settings(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field, so the command line and the Python API cannot drift."""
+    from resnets.training import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    for field in dataclasses.fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        kind = next(t for t in (typing.get_args(hints[field.name]) or (hints[field.name],)))
+        default = f" (default: {field.default})" if field.default is not None else ""
+        help_text = field.metadata["help"] + default
+        if kind is bool:
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
+        else:
+            parser.add_argument(
+                flag, type=kind, default=None, choices=field.metadata["choices"],
+                metavar=None if field.metadata["choices"] else field.name.upper(), help=help_text,
+            )  # fmt: skip
 
 
 def _positive_int(text: str) -> int:
@@ -87,6 +150,37 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--depth", type=int, default=1, help="1: layers, 2: also each block")
     summary.add_argument("--json", action="store_true", help="print one JSON object")
     summary.set_defaults(handler=_summary)
+
+    train = commands.add_parser(
+        "train",
+        help="train on Fashion-MNIST (no arguments: the chapter's experiment)",
+        description="Train a model on Fashion-MNIST. With no arguments this is the chapter's "
+        "experiment: d2l_resnet18 at 96x96, SGD, lr 0.05, batch 256, 5 epochs. Settings come "
+        "from the defaults, then --recipe, then --config FILE, then flags. Ctrl-C saves a "
+        "checkpoint; --resume DIR continues bit for bit.",
+    )
+    train.add_argument("--recipe", help="named settings: chapter, fast, best (see README)")
+    train.add_argument("--config", metavar="FILE", help="settings from a TOML or YAML file")
+    train.add_argument("--resume", metavar="DIR", help="continue the run in DIR (or checkpoint)")
+    train.add_argument("--quiet", action="store_true", help="print only the final line")
+    _add_train_settings(train)
+    train.set_defaults(handler=_train)
+
+    evaluate = commands.add_parser(
+        "eval",
+        help="test accuracy, per-class accuracy and confusion matrix of a trained model",
+        description="Evaluate a run folder's best checkpoint (or a checkpoint file) on the "
+        "Fashion-MNIST test set; writes confusion.png into the run folder.",
+    )
+    evaluate.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT")
+    evaluate.add_argument("--data-dir", help="folder with the four Fashion-MNIST files")
+    evaluate.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
+    evaluate.add_argument("--batch-size", type=_positive_int, help="images per batch")
+    evaluate.add_argument("--test-samples", type=_positive_int, help="first N test images only")
+    evaluate.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                          help="average with mirror images (default: as trained)")  # fmt: skip
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.set_defaults(handler=_eval)
     return parser
 
 

@@ -1,0 +1,74 @@
+"""Checkpoints that are written atomically and hold everything needed to continue bit for bit."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from resnets.errors import ResnetsError
+
+FORMAT = "resnets-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ResnetsError):
+    """A file that is missing, truncated, or not a resnets checkpoint."""
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write `state` to `path` atomically: temporary file in the same folder, fsync, rename.
+
+    A crash or a full disk at any moment leaves either the old file or the new one, never a
+    half-written one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as file:
+            torch.save({"format": FORMAT, "version": VERSION, **state}, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint; raise CheckpointError naming the file if it is not a whole one."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch.load fails in many ways on a foreign or cut-off file
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{path}: truncated or not a checkpoint ({reason[:120]})") from error
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a resnets checkpoint (no '{FORMAT}' marker)")
+    if state.get("version") != VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {state.get('version')}, need {VERSION}")
+    return state
+
+
+def find_checkpoint(path: str | Path, prefer: str = "last") -> Path:
+    """A checkpoint file itself, or `checkpoints/{prefer}.pt` inside a run folder."""
+    path = Path(path)
+    if path.is_dir():
+        candidate = path / "checkpoints" / f"{prefer}.pt"
+        if not candidate.is_file():
+            raise CheckpointError(f"{path}: no checkpoints/{prefer}.pt in this run folder")
+        return candidate
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such run folder or checkpoint file")
+    return path

@@ -1,0 +1,179 @@
+"""Every training setting in one dataclass, its defaults (the chapter's experiment), recipes,
+and loading from TOML or YAML files.
+
+Precedence, lowest first: defaults, `--recipe`, `--config FILE`, command-line flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from resnets.errors import UsageError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+OPTIMIZERS = ("sgd", "nesterov", "adamw")
+SCHEDULES = ("constant", "onecycle", "cosine")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+AUGMENTATIONS = ("none", "flip", "crop", "crop+flip")
+
+
+def _setting(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class TrainConfig:
+    """A training run. The defaults are the chapter's: ResNet-18 at 96x96, SGD, lr 0.05, batch
+    256, 5 epochs, Xavier initialisation (the d2l_resnet18 model's own)."""
+
+    model: str = _setting("d2l_resnet18", "model name (see `resnets models`)")
+    epochs: int = _setting(5, "total epochs (with --resume: train until this many)")
+    batch_size: int = _setting(256, "images per optimizer step")
+    lr: float = _setting(0.05, "peak learning rate")
+    optimizer: str = _setting(
+        "sgd", "sgd, nesterov (SGD with Nesterov momentum) or adamw", OPTIMIZERS
+    )
+    momentum: float | None = _setting(None, "momentum (default: 0 for sgd, 0.9 for nesterov)")
+    weight_decay: float = _setting(0.0, "weight decay (not applied to BN and biases)")
+    schedule: str = _setting("constant", "learning-rate schedule", SCHEDULES)
+    warmup_epochs: float = _setting(0.0, "linear warm-up, in epochs (cosine schedule)")
+    label_smoothing: float = _setting(0.0, "label smoothing of the cross-entropy loss")
+    augment: str = _setting("none", "training augmentation, done in batch", AUGMENTATIONS)
+    image_size: int = _setting(96, "side of the square input (28 keeps the native size)")
+    small_input: bool = _setting(False, "3x3 stride-1 stem without max pool (for 28-32px)")
+    width: float = _setting(1.0, "channel width multiplier of the model")
+    zero_init_residual: bool = _setting(False, "start each block's last BN gamma at zero")
+    precision: str = _setting(
+        "auto", "auto: bf16 where native (CUDA, AVX-512 BF16/AMX CPUs)", PRECISIONS
+    )
+    channels_last: bool | None = _setting(None, "NHWC memory format (default: on where faster)")
+    compile: bool = _setting(False, "torch.compile the model")
+    device: str = _setting("auto", "auto, cpu, cuda, cuda:N or mps")
+    seed: int = _setting(0, "seed for initialisation, shuffling and augmentation")
+    data_dir: str | None = _setting(None, "folder with the four Fashion-MNIST files")
+    out: str | None = _setting(None, "run folder (default runs/<timestamp>-<model>)")
+    train_samples: int | None = _setting(None, "use only the first N training images")
+    test_samples: int | None = _setting(None, "use only the first N test images")
+    micro_batch: int | None = _setting(None, "split each batch into micro-batches of N")
+    eval_batch_size: int = _setting(512, "images per evaluation batch")
+    tta: bool = _setting(False, "evaluate on each image and its mirror image, averaged")
+    ema: float = _setting(0.0, "decay of an exponential moving average of the weights (0: off)")
+
+    def resolved_momentum(self) -> float:
+        if self.momentum is not None:
+            return self.momentum
+        return 0.9 if self.optimizer == "nesterov" else 0.0
+
+    def validate(self) -> TrainConfig:
+        """Raise UsageError naming the first bad setting."""
+        hints = typing.get_type_hints(TrainConfig)
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            allowed = typing.get_args(hints[f.name]) or (hints[f.name],)
+            if float in allowed:
+                allowed = (*allowed, int)
+            if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+                kinds = " or ".join(t.__name__ for t in allowed if t is not type(None))
+                raise UsageError(f"{f.name} must be {kinds}, not {value!r}")
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value not in choices:
+                raise UsageError(f"{f.name} must be one of {', '.join(choices)}, not {value!r}")
+        positive = ("epochs", "batch_size", "image_size", "eval_batch_size")
+        optional_positive = ("train_samples", "test_samples", "micro_batch")
+        for name in positive + optional_positive:
+            value = getattr(self, name)
+            if value is None and name in optional_positive:
+                continue
+            if value < 1:
+                raise UsageError(f"{name} must be a positive integer, not {value!r}")
+        if not self.lr > 0:
+            raise UsageError(f"lr must be positive, not {self.lr}")
+        if not 0 <= self.label_smoothing < 1:
+            raise UsageError(f"label_smoothing must be in [0, 1), not {self.label_smoothing}")
+        if not 0 <= self.ema < 1:
+            raise UsageError(f"ema must be in [0, 1), not {self.ema}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Named recipes: overrides of the defaults. See BENCHMARKS.md for what each one measured.
+RECIPES: dict[str, dict[str, Any]] = {
+    "chapter": {},
+    "fast": {
+        "model": "resnet18", "small_input": True, "width": 0.5, "image_size": 28,
+        "epochs": 8, "batch_size": 256, "optimizer": "nesterov", "lr": 0.2,
+        "weight_decay": 5e-4, "schedule": "onecycle", "label_smoothing": 0.1,
+        "augment": "crop+flip", "zero_init_residual": True, "tta": True,
+    },
+    "best": {
+        "model": "resnet18", "small_input": True, "image_size": 28, "epochs": 40,
+        "batch_size": 256, "optimizer": "nesterov", "lr": 0.1, "weight_decay": 5e-4,
+        "schedule": "onecycle", "label_smoothing": 0.1, "augment": "crop+flip",
+        "zero_init_residual": True, "tta": True, "ema": 0.999,
+    },
+}  # fmt: skip
+
+
+def field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Settings from a TOML (.toml) or YAML (anything else) file, keys as in TrainConfig.
+
+    Dashes in keys are accepted (`batch-size`), so a file can mirror the flags.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise UsageError(f"cannot read config file {path}: {error.strerror}") from error
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as error:
+        first = str(error).splitlines()[0]
+        raise UsageError(f"config file {path} is not valid TOML/YAML: {first}") from error
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"config file {path} must hold a table of settings")
+    settings = {str(key).replace("-", "_"): value for key, value in data.items()}
+    unknown = sorted(set(settings) - set(field_names()))
+    if unknown:
+        raise UsageError(f"config file {path}: unknown setting(s) {', '.join(unknown)}")
+    return settings
+
+
+def make_config(
+    recipe: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> TrainConfig:
+    """Defaults, then a recipe, then a file, then explicit overrides (None values are skipped)."""
+    settings: dict[str, Any] = {}
+    if recipe is not None:
+        if recipe not in RECIPES:
+            raise UsageError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
+        settings.update(RECIPES[recipe])
+    if config_file is not None:
+        settings.update(read_config_file(config_file))
+    settings.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    unknown = sorted(set(settings) - set(field_names()))
+    if unknown:
+        raise UsageError(f"unknown setting(s) {', '.join(unknown)}")
+    return TrainConfig(**settings).validate()

@@ -1,0 +1,54 @@
+"""A small, learnable stand-in for Fashion-MNIST, and settings that train on it in seconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from resnets.data import Dataset, write_idx
+from resnets.data import fashion_mnist as fm
+from resnets.data.idx import idx_payload_sha256
+
+# A tiny network and small images: every training test runs in seconds on 2 cores.
+TINY: dict[str, Any] = {
+    "model": "cifar_resnet20", "width": 0.25, "image_size": 16, "batch_size": 50,
+    "eval_batch_size": 100, "epochs": 2, "lr": 0.1, "optimizer": "nesterov",
+    "precision": "fp32", "device": "cpu",
+}  # fmt: skip
+
+
+def separable(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """28x28 images whose class is where a bright 7x7 square sits, on a noisy background."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 10
+    labels = labels[torch.randperm(n, generator=g)]
+    images = torch.randint(0, 60, (n, 28, 28), generator=g, dtype=torch.uint8)
+    for i, label in enumerate(labels.tolist()):
+        row, col = divmod(label, 4)
+        images[i, 2 + 8 * row : 9 + 8 * row, 1 + 7 * col : 8 + 7 * col] = 230
+    return images, labels
+
+
+def synthetic_dataset(n_train: int = 600, n_test: int = 200) -> Dataset:
+    train_images, train_labels = separable(n_train, seed=1)
+    test_images, test_labels = separable(n_test, seed=2)
+    return Dataset(train_images, train_labels, test_images, test_labels)
+
+
+def write_dataset(directory: Path, data: Dataset, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Write `data` as the four IDX files and make them the ones whose hashes are expected."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        "train-images-idx3-ubyte": data.train_images,
+        "train-labels-idx1-ubyte": data.train_labels.to(torch.uint8),
+        "t10k-images-idx3-ubyte": data.test_images,
+        "t10k-labels-idx1-ubyte": data.test_labels.to(torch.uint8),
+    }
+    for stem, tensor in tensors.items():
+        write_idx(directory / f"{stem}.gz", tensor)
+    hashes = {stem: idx_payload_sha256(directory / f"{stem}.gz") for stem in tensors}
+    monkeypatch.setattr(fm, "FILES", hashes)
+    return directory

@@ -1,0 +1,161 @@
+"""`resnets train` and `resnets eval` as a user runs them: output, files, exit codes, errors."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from resnets.cli import main
+from resnets.data import fashion_mnist as fm
+from resnets.training import Interrupted, Trainer
+
+from helpers import TINY, synthetic_dataset, write_dataset
+
+
+def flags(settings: dict) -> list[str]:
+    return [
+        item
+        for key, value in settings.items()
+        for item in (f"--{key.replace('_', '-')}", str(value))
+    ]
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A synthetic data set on disk; the real system copy, cache and network are out of reach."""
+    monkeypatch.setattr(fm, "SYSTEM_DIR", tmp_path / "no-system-copy")
+    monkeypatch.setenv("RESNETS_DATA", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(urllib.request, "urlopen", _offline)
+    return write_dataset(tmp_path / "data", synthetic_dataset(), monkeypatch)
+
+
+def _offline(*args: object, **kwargs: object) -> None:
+    raise urllib.error.URLError("no network in tests")
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    try:
+        code = main(list(argv))
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_train_then_eval(
+    tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out_dir = tmp_path / "run"
+    code, out, err = run(
+        capsys, "train", *flags(TINY), "--data-dir", str(data_dir), "--out", str(out_dir)
+    )
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("training cifar_resnet20 on cpu (fp32)")
+    assert (
+        lines[1].startswith("epoch 1, loss ") and "test acc" in lines[1] and "images/s" in lines[1]
+    )
+    assert lines[-1].startswith("done: 2 epochs in ")
+
+    code, out, err = run(capsys, "eval", str(out_dir), "--data-dir", str(data_dir), "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert {"test_acc", "test_loss", "per_class"} <= set(result)
+    assert list(result["per_class"]) == list(fm.CLASSES)
+    assert result["test_acc"] == json.loads((out_dir / "summary.json").read_text())["best_test_acc"]
+    assert (out_dir / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+
+    code, out, _ = run(
+        capsys, "eval", str(out_dir / "checkpoints" / "last.pt"), "--data-dir", str(data_dir)
+    )
+    assert code == 0 and "Ankle boot" in out and "confusion matrix" in out
+
+    code, out, err = run(capsys, "train", "--resume", str(out_dir), "--epochs", "3", "--quiet")
+    assert code == 0, err
+    assert out.strip().splitlines() == [out.strip()] and out.startswith("done: 3 epochs")
+
+
+def test_config_files_and_flag_precedence(
+    tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    toml = tmp_path / "settings.toml"
+    toml.write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in {**TINY, "epochs": 5}.items()))
+    out_dir = tmp_path / "run"
+    argv = ["train", "--config", str(toml), "--epochs", "1", "--data-dir", str(data_dir)]
+    code, _, err = run(capsys, *argv, "--out", str(out_dir), "--quiet")
+    assert code == 0, err
+    saved = (out_dir / "config.yaml").read_text()
+    assert "epochs: 1\n" in saved and "model: cifar_resnet20\n" in saved
+
+    yaml_file = tmp_path / "settings.yaml"
+    yaml_file.write_text("batch-size: 64\nlearning_rate: 0.1\n")
+    code, _, err = run(capsys, "train", "--config", str(yaml_file))
+    assert code == 2 and err.strip() == (
+        f"resnets: error: config file {yaml_file}: unknown setting(s) learning_rate"
+    )
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--model", "resnet19"], "unknown model 'resnet19'"),
+        (["--recipe", "fastest"], "unknown recipe 'fastest'; choose one of: chapter, fast, best"),
+        (["--batch-size", "0"], "batch_size must be a positive integer, not 0"),
+        (["--device", "cuda:3"], "device cuda:3 asked for"),
+        (["--precision", "fp16", "--device", "cpu"], "fp16 autocast is for GPUs"),
+    ],
+)
+def test_train_usage_errors(
+    data_dir: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    code, out, err = run(capsys, "train", "--data-dir", str(data_dir), *argv)
+    assert code == 2 and out == ""
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_missing_data_explains_the_three_ways(
+    tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(capsys, "train", *flags(TINY))  # no --data-dir, nothing cached, offline
+    assert code == 1 and "Traceback" not in err
+    assert "apt-get install dataset-fashion-mnist" in err
+    assert "--data-dir" in err and "download" in err
+    assert len(err.strip().splitlines()) <= 8
+
+
+def test_incomplete_data_dir_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "nothing-here"
+    empty.mkdir()
+    code, _, err = run(capsys, "train", "--data-dir", str(empty))
+    assert code == 1 and str(empty) in err and "train-images-idx3-ubyte" in err
+
+
+def test_eval_of_a_broken_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    broken = tmp_path / "model.pt"
+    broken.write_bytes(b"\x00" * 100)
+    code, _, err = run(capsys, "eval", str(broken))
+    assert code == 1 and err.startswith(f"resnets: error: {broken}: truncated or not a checkpoint")
+    assert len(err.strip().splitlines()) == 1
+    code, _, err = run(capsys, "eval", str(tmp_path / "missing-run"))
+    assert code == 1 and "no such run folder or checkpoint file" in err
+
+
+def test_interrupt_exits_130(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def interrupted(self: Trainer) -> None:
+        raise Interrupted("interrupted in epoch 1; checkpoint saved to x. Resume with: resnets ...")
+
+    monkeypatch.setattr(Trainer, "__init__", lambda self, *a, **k: None)
+    monkeypatch.setattr(Trainer, "fit", interrupted)
+    code, _, err = run(capsys, "train")
+    assert code == 130 and "Resume with" in err
+
+
+def test_debug_shows_the_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(Exception, match="unknown model"):
+        main(["--debug", "summary", "resnet19"])

@@ -1,0 +1,206 @@
+"""Training: it learns, resumes bit for bit, survives out-of-memory, stops on NaN and Ctrl-C."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from resnets.errors import UsageError
+from resnets.training import (
+    CheckpointError,
+    Diverged,
+    Interrupted,
+    Trainer,
+    learning_rate,
+    load_checkpoint,
+    make_config,
+    save_checkpoint,
+)
+from resnets.training import checkpoint as checkpoint_module
+from resnets.training.loop import METRICS
+
+from helpers import TINY, synthetic_dataset
+
+DATA = synthetic_dataset()
+
+
+def trainer(tmp_path: Path, name: str = "run", **settings: Any) -> Trainer:
+    config = make_config(overrides={**TINY, **settings})
+    return Trainer(config, data=DATA, run_dir=tmp_path / name, quiet=True, log=lambda _: None)
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_training_learns_and_writes_the_run_folder(tmp_path: Path) -> None:
+    run = trainer(tmp_path, epochs=3, schedule="onecycle")
+    summary = run.fit()
+    assert summary["final_test_acc"] > 0.8  # chance is 0.1
+    folder = tmp_path / "run"
+    for name in ("config.yaml", "metrics.csv", "curves.png", "summary.json"):
+        assert (folder / name).stat().st_size > 0, name
+    for name in ("last.pt", "best.pt"):
+        assert (folder / "checkpoints" / name).is_file()
+    with open(folder / "metrics.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert tuple(rows[0]) == METRICS and [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert all(float(r["images_per_sec"]) > 0 for r in rows)
+    saved = json.loads((folder / "summary.json").read_text())
+    assert saved["epochs"] == 3 and saved["device"] == "cpu" and saved["peak_memory_bytes"] > 0
+    assert saved["best_test_acc"] == max(float(r["test_acc"]) for r in rows)
+    assert (folder / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_resume_is_bitwise_identical(tmp_path: Path) -> None:
+    straight = trainer(tmp_path, "straight", epochs=2, augment="crop+flip")
+    straight.fit()
+    first = trainer(tmp_path, "resumed", epochs=1, augment="crop+flip")
+    first.fit()
+    resumed = Trainer.resume(tmp_path / "resumed", {"epochs": 2}, data=DATA, quiet=True)
+    resumed.fit()
+    assert_same_weights(straight.model.state_dict(), resumed.model.state_dict())
+    assert straight.history[-1]["train_loss"] == resumed.history[-1]["train_loss"]
+    assert len(resumed.history) == 2
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resumes_mid_epoch(tmp_path: Path) -> None:
+    straight = trainer(tmp_path, "straight", epochs=2)
+    straight.fit()
+
+    def press_ctrl_c(_: Trainer, step: int) -> None:
+        if step == 17:  # in the middle of the second epoch (12 steps per epoch)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    interrupted = trainer(tmp_path, "interrupted", epochs=2)
+    interrupted.on_step = press_ctrl_c
+    with pytest.raises(Interrupted) as caught:
+        interrupted.fit()
+    assert caught.value.exit_code == 130
+    assert f"resnets train --resume {tmp_path / 'interrupted'}" in str(caught.value)
+    state = load_checkpoint(tmp_path / "interrupted" / "checkpoints" / "last.pt")
+    assert state["position"]["epoch"] == 1 and state["position"]["batch"] == 5
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    resumed = Trainer.resume(tmp_path / "interrupted", data=DATA, quiet=True)
+    resumed.fit()
+    assert_same_weights(straight.model.state_dict(), resumed.model.state_dict())
+
+
+def test_out_of_memory_falls_back_to_micro_batches(tmp_path: Path) -> None:
+    run = trainer(tmp_path, epochs=1)
+    notices: list[str] = []
+    run.fallback.announce = notices.append
+    forward = run.model.forward
+    sizes: list[int] = []
+
+    def limited_forward(x: torch.Tensor) -> torch.Tensor:
+        if run.model.training and len(x) > 16:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        sizes.append(len(x))
+        return forward(x)
+
+    run.model.forward = limited_forward
+    steps = []
+    optimizer_step = run.optimizer.step
+    run.optimizer.step = lambda *a, **k: steps.append(1) or optimizer_step(*a, **k)
+    run.fit()
+    assert len(steps) == len(run.train_batches) == 12  # one optimizer step per batch of 50
+    assert run.fallback.size == 12 and max(s for s in sizes if s != 100) <= 16
+    assert len(notices) == 2  # 50 -> 25 -> 12, said once each
+    assert "accumulating gradients" in notices[0]
+    assert run.history[-1]["train_acc"] > 0.3
+
+
+def test_micro_batches_give_the_same_gradients() -> None:
+    """Accumulating over micro-batches steps on the same effective batch (BN aside: no BN)."""
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    x, y = torch.randn(20, 4, 4), torch.randint(3, (20,))
+    whole = torch.autograd.grad(torch.nn.functional.cross_entropy(model(x), y), model[1].weight)[0]
+    parts = sum(
+        torch.autograd.grad(
+            torch.nn.functional.cross_entropy(model(xs), ys) * len(xs) / 20, model[1].weight
+        )[0]
+        for xs, ys in zip(x.split(6), y.split(6), strict=True)
+    )
+    torch.testing.assert_close(whole, parts)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
+    run = trainer(tmp_path, epochs=3)
+    forward = run.model.forward
+    run.model.forward = lambda x: forward(x) * (float("nan") if run.position.epoch == 1 else 1.0)
+    with pytest.raises(Diverged, match="became nan in epoch 2"):
+        run.fit()
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert state["position"]["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+
+
+def test_checkpoint_writes_are_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "last.pt"
+    save_checkpoint({"value": torch.arange(3)}, path)
+
+    def broken_save(obj: object, file: Any) -> None:
+        file.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", broken_save)
+    with pytest.raises(OSError, match="No space"):
+        save_checkpoint({"value": torch.arange(5)}, path)
+    assert torch.equal(load_checkpoint(path)["value"], torch.arange(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary left
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [(None, "truncated or not a checkpoint"), (b"hello", "truncated or not a checkpoint")],
+)
+def test_bad_checkpoints_are_named(tmp_path: Path, content: bytes | None, message: str) -> None:
+    path = tmp_path / "last.pt"
+    save_checkpoint({"value": torch.zeros(1000)}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if content is None else content)
+    with pytest.raises(CheckpointError, match=message) as caught:
+        load_checkpoint(path)
+    assert str(path) in str(caught.value) and len(str(caught.value).splitlines()) == 1
+    torch.save({"something": "else"}, path)
+    with pytest.raises(CheckpointError, match="not a resnets checkpoint"):
+        load_checkpoint(path)
+
+
+def test_resume_refuses_to_change_what_defines_the_run(tmp_path: Path) -> None:
+    trainer(tmp_path, epochs=1).fit()
+    with pytest.raises(UsageError, match="cannot change model"):
+        Trainer.resume(tmp_path / "run", {"model": "resnet18"}, data=DATA, quiet=True)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "onecycle"])
+def test_learning_rate_schedules(schedule: str) -> None:
+    config = make_config(overrides={"lr": 0.4, "schedule": schedule, "warmup_epochs": 1.0})
+    rates = [learning_rate(config, step, 100, 10) for step in range(100)]
+    assert max(rates) == pytest.approx(0.4)
+    if schedule == "constant":
+        assert set(rates) == {0.4}
+    else:
+        assert rates[0] < 0.1 and rates[-1] < 0.001
+        peak = rates.index(max(rates))
+        assert all(a <= b for a, b in zip(rates[:peak], rates[1 : peak + 1], strict=True))
+        assert all(a >= b for a, b in zip(rates[peak:], rates[peak + 1 :], strict=False))
+        assert peak == (9 if schedule == "cosine" else 25)
+
+
+def test_ema_and_tta_evaluate(tmp_path: Path) -> None:
+    run = trainer(tmp_path, epochs=2, ema=0.9, tta=True)
+    run.fit()
+    assert run.history[-1]["test_acc"] > 0.5
+    averaged = run.ema.module.state_dict()
+    assert not torch.equal(averaged["fc.weight"], run.model.state_dict()["fc.weight"])
