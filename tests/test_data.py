@@ -468,3 +468,20 @@ def test_real_fashion_mnist() -> None:
     mean = (counts * values).sum() / counts.sum()
     std = ((counts * (values - mean) ** 2).sum() / counts.sum()).sqrt()
     assert round(mean.item(), 3) == round(MEAN, 3) and round(std.item(), 3) == round(STD, 3)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(real_dir() is None, reason="real Fashion-MNIST not found (see above)")
+def test_a_short_run_on_the_real_data_learns(tmp_path: Path) -> None:
+    from resnets.training import Trainer, make_config
+
+    config = make_config(
+        overrides={
+            "model": "cifar_resnet20", "width": 0.5, "image_size": 28, "epochs": 1,
+            "batch_size": 64, "lr": 0.1, "optimizer": "nesterov", "schedule": "onecycle",
+            "train_samples": 3000, "test_samples": 1000, "device": "cpu",
+            "data_dir": str(real_dir()),
+        }
+    )  # fmt: skip
+    summary = Trainer(config, run_dir=tmp_path / "run", quiet=True, log=lambda _: None).fit()
+    assert summary["final_test_acc"] > 0.5  # chance is 0.1

@@ -88,6 +88,35 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from resnets.bench import benchmark
+
+    result = benchmark(
+        args.model, image_size=args.image_size, batch_size=args.batch_size,
+        precision=args.precision, device=args.device, steps=args.steps, warmup=args.warmup,
+        channels_last=args.channels_last, compile=args.compile, small_input=args.small_input,
+        width=args.width, data_dir=args.data_dir,
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    layout = "channels-last" if result["channels_last"] else "NCHW"
+    print(
+        f"{result['model']} at {result['image_size']}px, batch {result['batch_size']}, "
+        f"{result['device']} {result['precision']} {layout}, {result['data']} data, "
+        f"{result['steps']} timed steps"
+    )
+    print(f"train  {result['train_images_per_sec']:10.1f} images/s")
+    print(f"eval   {result['eval_images_per_sec']:10.1f} images/s")
+    print(f"peak memory {result['peak_memory_bytes'] / 2**20:.0f} MiB")
+    print(
+        f"{format_count(result['macs_per_image'])} MACs per image forward, about "
+        f"{6 * result['macs_per_image'] / 1e9:.2f} GFLOP per training image: "
+        f"{result['train_gflops_per_sec']:.0f} GFLOP/s achieved in training"
+    )
+    return 0
+
+
 def _add_train_settings(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field, so the command line and the Python API cannot drift."""
     from resnets.training import TrainConfig
@@ -181,6 +210,30 @@ def build_parser() -> argparse.ArgumentParser:
                           help="average with mirror images (default: as trained)")  # fmt: skip
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(handler=_eval)
+
+    bench = commands.add_parser(
+        "bench",
+        help="training and evaluation images/s and peak memory",
+        description="Time training steps (batch building, forward, backward, optimizer step) "
+        "and evaluation batches after warm-up, through the project's own data path. Uses the "
+        "real Fashion-MNIST if it is on disk, random images of the same shape otherwise.",
+    )
+    bench.add_argument("--model", default="d2l_resnet18", help="model name (d2l_resnet18)")
+    bench.add_argument("--image-size", type=_positive_int, default=96, help="input side (96)")
+    bench.add_argument("--batch-size", type=_positive_int, default=256, help="batch size (256)")
+    bench.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                       help="numeric precision (auto: bf16 where native)")  # fmt: skip
+    bench.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    bench.add_argument("--steps", type=_positive_int, default=20, help="timed batches (20)")
+    bench.add_argument("--warmup", type=int, default=3, help="untimed batches first (3)")
+    bench.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                       help="NHWC memory format (default: where faster)")  # fmt: skip
+    bench.add_argument("--compile", action="store_true", help="torch.compile the model")
+    bench.add_argument("--small-input", action="store_true", help="3x3 stride-1 stem, no pool")
+    bench.add_argument("--width", type=float, default=1.0, help="channel width multiplier")
+    bench.add_argument("--data-dir", help="folder with the Fashion-MNIST files")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.set_defaults(handler=_bench)
     return parser
 
 

@@ -254,7 +254,7 @@ class Trainer:
 
     # ---- training ----------------------------------------------------------------------------
 
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step on the batch, in micro-batches if memory requires it."""
         n = len(x)
         smoothing = self.config.label_smoothing
@@ -309,7 +309,7 @@ class Trainer:
         start = time.perf_counter()
         for x, y in bar:
             self._set_lr(epoch * steps + pos.batch)
-            step_loss, step_correct = self._train_step(x, y)
+            step_loss, step_correct = self.train_step(x, y)
             loss_sum += step_loss
             correct += step_correct
             pos.batch += 1

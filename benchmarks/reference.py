@@ -1,0 +1,115 @@
+"""The plain way, as the chapter does it, for comparison with `resnets bench`.
+
+A DataLoader with worker processes resizes each image on the host with PIL and converts it to a
+float tensor (what torchvision's Resize + ToTensor do, written out because torchvision does not
+install beside the CPU wheel here); the model runs in float32, NCHW, with plain SGD. Prints one
+JSON object with the same keys as `resnets bench --json`.
+
+    python benchmarks/reference.py --steps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
+
+from resnets import create_model
+from resnets.bench import bench_data
+
+
+class PILFashionMNIST(TorchDataset):
+    """One image at a time: uint8 array, PIL image, bilinear resize, float tensor in [0, 1]."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, size: int) -> None:
+        self.images, self.labels, self.size = images.numpy(), labels.numpy(), size
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = Image.fromarray(self.images[index], mode="L")
+        image = image.resize((self.size, self.size), Image.BILINEAR)
+        pixels = np.asarray(image, dtype=np.float32) / 255.0
+        return torch.from_numpy(pixels).unsqueeze(0), int(self.labels[index])
+
+
+def timed(batches, run_one, warmup: int, steps: int) -> float:  # noqa: ANN001
+    iterator = iter(batches)
+    for _ in range(warmup):
+        run_one(*next(iterator))
+    start = time.perf_counter()
+    for _ in range(steps):
+        run_one(*next(iterator))
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--image-size", type=int, default=96)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=4, help="DataLoader workers (the book: 4)")
+    parser.add_argument("--data-dir")
+    args = parser.parse_args()
+
+    images = args.batch_size * (args.warmup + args.steps)
+    data, source = bench_data(args.data_dir, images)
+    torch.manual_seed(0)
+    model = create_model("d2l_resnet18")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+
+    def loader(images: torch.Tensor, labels: torch.Tensor, shuffle: bool) -> DataLoader:
+        dataset = PILFashionMNIST(images, labels, args.image_size)
+        return DataLoader(dataset, args.batch_size, shuffle=shuffle, num_workers=args.workers)
+
+    def train_step(x: torch.Tensor, y: torch.Tensor) -> None:
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        loss.item()  # the chapter's loop reads the loss every step
+
+    @torch.no_grad()
+    def eval_step(x: torch.Tensor, y: torch.Tensor) -> None:
+        (model(x).argmax(1) == y).sum().item()
+
+    model.train()
+    train = loader(data.train_images, data.train_labels, True)
+    train_seconds = timed(train, train_step, args.warmup, args.steps)
+    model.eval()
+    test = loader(data.test_images, data.test_labels, False)
+    eval_seconds = timed(test, eval_step, args.warmup, args.steps)
+    timed_images = args.steps * args.batch_size
+    print(
+        json.dumps(
+            {
+                "implementation": "reference",
+                "model": "d2l_resnet18",
+                "image_size": args.image_size,
+                "batch_size": args.batch_size,
+                "precision": "fp32",
+                "workers": args.workers,
+                "data": source,
+                "train_images_per_sec": timed_images / train_seconds,
+                "eval_images_per_sec": timed_images / eval_seconds,
+                "peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                "peak_worker_memory_bytes": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+                * 1024,
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""`resnets bench` and the side-by-side comparison: right keys, positive numbers (no timings)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from resnets.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_bench_json(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [
+        "bench",
+        "--model",
+        "cifar_resnet20",
+        "--width",
+        "0.25",
+        "--image-size",
+        "16",
+        "--batch-size",
+        "8",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--device",
+        "cpu",
+        "--json",
+    ]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {
+        "train_images_per_sec",
+        "eval_images_per_sec",
+        "peak_memory_bytes",
+        "macs_per_image",
+        "train_gflops_per_sec",
+        "precision",
+        "channels_last",
+        "data",
+    } <= set(result)
+    for key in ("train_images_per_sec", "eval_images_per_sec", "peak_memory_bytes"):
+        assert result[key] > 0, key
+    assert result["device"] == "cpu" and result["steps"] == 2
+
+
+def test_bench_text(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [
+        "bench",
+        "--model",
+        "cifar_resnet20",
+        "--width",
+        "0.25",
+        "--image-size",
+        "16",
+        "--batch-size",
+        "8",
+        "--steps",
+        "1",
+        "--precision",
+        "fp32",
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "fp32 NCHW" in out and "images/s" in out and "GFLOP/s achieved" in out
+
+
+def test_side_by_side_script(tmp_path: Path) -> None:
+    out = tmp_path / "figures.json"
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "compare.py"),
+        "--steps",
+        "1",
+        "--warmup",
+        "1",
+        "--batch-size",
+        "4",
+        "--image-size",
+        "32",
+        "--workers",
+        "0",
+        "--peak-seconds",
+        "0.2",
+        "--json",
+        str(out),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "| train images/s" in result.stdout and "| eval images/s" in result.stdout
+    assert "bound: one training image costs" in result.stdout
+    figures = json.loads(out.read_text())
+    for side in ("reference", "resnets"):
+        assert figures[side]["train_images_per_sec"] > 0
+        assert figures[side]["eval_images_per_sec"] > 0
+        assert figures[side]["peak_memory_bytes"] > 0
+    assert figures["matmul_peak_gflops"]["fp32"] > 0
