@@ -14,59 +14,23 @@ from resnets.cli import main
 ROOT = Path(__file__).resolve().parent.parent
 
 
+TINY_BENCH = ["bench", "--model", "cifar_resnet20", "--width", "0.25", "--image-size", "16",
+              "--batch-size", "8"]  # fmt: skip
+
+
 def test_bench_json(capsys: pytest.CaptureFixture[str]) -> None:
-    argv = [
-        "bench",
-        "--model",
-        "cifar_resnet20",
-        "--width",
-        "0.25",
-        "--image-size",
-        "16",
-        "--batch-size",
-        "8",
-        "--steps",
-        "2",
-        "--warmup",
-        "1",
-        "--device",
-        "cpu",
-        "--json",
-    ]
-    assert main(argv) == 0
+    assert main([*TINY_BENCH, "--steps", "2", "--warmup", "1", "--device", "cpu", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert {
-        "train_images_per_sec",
-        "eval_images_per_sec",
-        "peak_memory_bytes",
-        "macs_per_image",
-        "train_gflops_per_sec",
-        "precision",
-        "channels_last",
-        "data",
-    } <= set(result)
+    expected = {"train_images_per_sec", "eval_images_per_sec", "peak_memory_bytes",
+                "macs_per_image", "train_gflops_per_sec", "channels_last", "data"}  # fmt: skip
+    assert expected <= set(result)
     for key in ("train_images_per_sec", "eval_images_per_sec", "peak_memory_bytes"):
         assert result[key] > 0, key
     assert result["device"] == "cpu" and result["steps"] == 2
 
 
 def test_bench_text(capsys: pytest.CaptureFixture[str]) -> None:
-    argv = [
-        "bench",
-        "--model",
-        "cifar_resnet20",
-        "--width",
-        "0.25",
-        "--image-size",
-        "16",
-        "--batch-size",
-        "8",
-        "--steps",
-        "1",
-        "--precision",
-        "fp32",
-    ]
-    assert main(argv) == 0
+    assert main([*TINY_BENCH, "--steps", "1", "--precision", "fp32"]) == 0
     out = capsys.readouterr().out
     assert "fp32 NCHW" in out and "images/s" in out and "GFLOP/s achieved" in out
 

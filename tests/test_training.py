@@ -204,3 +204,9 @@ def test_ema_and_tta_evaluate(tmp_path: Path) -> None:
     assert run.history[-1]["test_acc"] > 0.5
     averaged = run.ema.module.state_dict()
     assert not torch.equal(averaged["fc.weight"], run.model.state_dict()["fc.weight"])
+
+
+def test_a_new_run_never_overwrites_an_old_one(tmp_path: Path) -> None:
+    trainer(tmp_path, epochs=1).fit()
+    with pytest.raises(UsageError, match="already holds a run; continue it with --resume"):
+        trainer(tmp_path, epochs=1).fit()

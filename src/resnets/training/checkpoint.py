@@ -72,3 +72,10 @@ def find_checkpoint(path: str | Path, prefer: str = "last") -> Path:
     if not path.exists():
         raise CheckpointError(f"{path}: no such run folder or checkpoint file")
     return path
+
+
+def run_dir_of(checkpoint: Path) -> Path:
+    """The run folder a checkpoint belongs to (`RUN/checkpoints/x.pt` -> `RUN`)."""
+    return (
+        checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    )

@@ -29,7 +29,12 @@ from tqdm import tqdm
 from resnets.data import Dataset, DeviceBatches, load_fashion_mnist
 from resnets.errors import ResnetsError, UsageError
 from resnets.models import ResNet, create_model
-from resnets.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from resnets.training.checkpoint import (
+    find_checkpoint,
+    load_checkpoint,
+    run_dir_of,
+    save_checkpoint,
+)
 from resnets.training.config import TrainConfig, make_config
 from resnets.training.evaluate import evaluate
 from resnets.training.memory import MemoryFallback
@@ -248,7 +253,7 @@ class Trainer:
                 "change (start a new run for the rest)"
             )
         config = make_config(overrides={**saved, **changes})
-        trainer = cls(config, run_dir=path.parent.parent, **kwargs)
+        trainer = cls(config, run_dir=run_dir_of(path), **kwargs)
         trainer.load_state_dict(state)
         return trainer
 
@@ -372,6 +377,12 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         """Train until `config.epochs` epochs are done; return the run's summary."""
+        fresh = self.position == Position()
+        if fresh and (self.run_dir / "checkpoints" / "last.pt").exists():
+            raise UsageError(
+                f"{self.run_dir} already holds a run; continue it with --resume {self.run_dir} "
+                "or choose another --out"
+            )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(
             yaml.safe_dump(self.config.to_dict(), sort_keys=False)
@@ -453,7 +464,7 @@ def evaluate_checkpoint(
     allowed = ("device", "data_dir", "test_samples", "eval_batch_size", "tta")
     changes = {k: v for k, v in (overrides or {}).items() if k in allowed and v is not None}
     config = make_config(overrides={**state["config"], **changes, "train_samples": 1})
-    run_dir = file.parent.parent if file.parent.name == "checkpoints" else file.parent
+    run_dir = run_dir_of(file)
     trainer = Trainer(config, run_dir=run_dir, quiet=True)
     trainer.load_state_dict(state)
     result = trainer.evaluate()
