@@ -22,7 +22,8 @@ def test_bench_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*TINY_BENCH, "--steps", "2", "--warmup", "1", "--device", "cpu", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     expected = {"train_images_per_sec", "eval_images_per_sec", "peak_memory_bytes",
-                "macs_per_image", "train_gflops_per_sec", "channels_last", "data"}  # fmt: skip
+                "macs_per_image", "train_gflops_per_sec", "precision", "channels_last",
+                "data"}  # fmt: skip
     assert expected <= set(result)
     for key in ("train_images_per_sec", "eval_images_per_sec", "peak_memory_bytes"):
         assert result[key] > 0, key

@@ -338,7 +338,8 @@ class Trainer:
             tta=self.config.tta, fallback=self.eval_fallback,
         )  # fmt: skip
 
-    def _finish_epoch(self, epoch: int, seconds: float) -> dict[str, Any]:
+    def _finish_epoch(self, epoch: int, start: float) -> dict[str, Any]:
+        """Evaluate, and record the epoch; `seconds` covers training and evaluation."""
         pos = self.position
         result = self.evaluate()
         row = {
@@ -348,7 +349,7 @@ class Trainer:
             "test_loss": result["test_loss"],
             "test_acc": result["test_acc"],
             "images_per_sec": pos.seen / pos.train_seconds if pos.train_seconds else 0.0,
-            "seconds": seconds,
+            "seconds": time.perf_counter() - start,
             "lr": self.optimizer.param_groups[0]["lr"],
         }
         self.history.append(row)
@@ -407,7 +408,7 @@ class Trainer:
                         f"{self.run_dir / 'checkpoints' / 'last.pt'}. "
                         f"Resume with: resnets train --resume {self.run_dir}"
                     )
-                row = self._finish_epoch(epoch, time.perf_counter() - start)
+                row = self._finish_epoch(epoch, start)
                 self._write_epoch(row)
         summary = self.summary()
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
