@@ -212,3 +212,13 @@ def test_a_new_run_never_overwrites_an_old_one(tmp_path: Path) -> None:
     trainer(tmp_path, epochs=1).fit()
     with pytest.raises(UsageError, match="already holds a run; continue it with --resume"):
         trainer(tmp_path, epochs=1).fit()
+
+
+def test_eval_every_skips_test_passes_but_always_tests_the_last_epoch(tmp_path: Path) -> None:
+    run = trainer(tmp_path, epochs=3, eval_every=2)
+    summary = run.fit()
+    with open(tmp_path / "run" / "metrics.csv") as file:
+        tested = [row["test_acc"] != "" for row in csv.DictReader(file)]
+    assert tested == [False, True, True]
+    assert summary["final_test_acc"] == run.history[-1]["test_acc"] > 0.5
+    assert (tmp_path / "run" / "curves.png").is_file()

@@ -67,6 +67,7 @@ class TrainConfig:
     test_samples: int | None = _setting(None, "use only the first N test images")
     micro_batch: int | None = _setting(None, "split each batch into micro-batches of N")
     eval_batch_size: int = _setting(512, "images per evaluation batch")
+    eval_every: int = _setting(1, "test every N epochs, and after the last")
     tta: bool = _setting(False, "evaluate on each image and its mirror image, averaged")
     ema: float = _setting(0.0, "decay of an exponential moving average of the weights (0: off)")
 
@@ -91,7 +92,7 @@ class TrainConfig:
             value = getattr(self, f.name)
             if choices and value not in choices:
                 raise UsageError(f"{f.name} must be one of {', '.join(choices)}, not {value!r}")
-        positive = ("epochs", "batch_size", "image_size", "eval_batch_size")
+        positive = ("epochs", "batch_size", "image_size", "eval_batch_size", "eval_every")
         optional_positive = ("train_samples", "test_samples", "micro_batch")
         for name in positive + optional_positive:
             value = getattr(self, name)
@@ -115,10 +116,10 @@ class TrainConfig:
 RECIPES: dict[str, dict[str, Any]] = {
     "chapter": {},
     "fast": {
-        "model": "resnet18", "small_input": True, "width": 0.5, "image_size": 28,
-        "epochs": 8, "batch_size": 256, "optimizer": "nesterov", "lr": 0.2,
+        "model": "resnet18", "small_input": True, "width": 0.25, "image_size": 28,
+        "epochs": 6, "batch_size": 256, "optimizer": "nesterov", "lr": 0.2,
         "weight_decay": 5e-4, "schedule": "onecycle", "label_smoothing": 0.1,
-        "augment": "crop+flip", "zero_init_residual": True, "tta": True,
+        "augment": "flip", "zero_init_residual": True, "tta": True, "eval_every": 6,
     },
     "best": {
         "model": "resnet18", "small_input": True, "image_size": 28, "epochs": 40,

@@ -52,7 +52,8 @@ from resnets.training.runtime import (
 METRICS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "images_per_sec",
            "seconds", "lr")  # fmt: skip
 # Settings that may change when a run is resumed; the rest define the run.
-RESUMABLE = ("epochs", "device", "data_dir", "micro_batch", "eval_batch_size", "compile")
+RESUMABLE = ("epochs", "device", "data_dir", "micro_batch", "eval_batch_size", "eval_every",
+             "compile")  # fmt: skip
 NAN_CHECK_EVERY = 20  # steps between finiteness checks (each costs a device sync)
 
 
@@ -339,9 +340,13 @@ class Trainer:
         )  # fmt: skip
 
     def _finish_epoch(self, epoch: int, start: float) -> dict[str, Any]:
-        """Evaluate, and record the epoch; `seconds` covers training and evaluation."""
+        """Evaluate (when due), and record the epoch; `seconds` covers training and evaluation.
+
+        Epochs that are not evaluated (see `eval_every`) have None as test loss and accuracy.
+        """
         pos = self.position
-        result = self.evaluate()
+        due = (epoch + 1) % self.config.eval_every == 0 or epoch + 1 == self.config.epochs
+        result = self.evaluate() if due else {"test_loss": None, "test_acc": None}
         row = {
             "epoch": epoch + 1,
             "train_loss": pos.loss_sum / pos.seen,
@@ -421,7 +426,8 @@ class Trainer:
 
     def _write_epoch(self, row: dict[str, Any]) -> None:
         self.save("last")
-        if row["test_acc"] >= max(r["test_acc"] for r in self.history):
+        tested = [r["test_acc"] for r in self._tested()]
+        if row["test_acc"] is not None and row["test_acc"] >= max(tested):
             self.save("best")
         with open(self.run_dir / "metrics.csv", "w", newline="") as file:
             writer = csv.DictWriter(file, fieldnames=METRICS)
@@ -431,16 +437,21 @@ class Trainer:
         if not self.quiet:
             self.log(
                 f"epoch {row['epoch']}, loss {row['train_loss']:.4f}, "
-                f"train acc {row['train_acc']:.3f}, test acc {row['test_acc']:.3f}, "
+                f"train acc {row['train_acc']:.3f}, test acc "
+                f"{'-' if row['test_acc'] is None else format(row['test_acc'], '.3f')}, "
                 f"{row['images_per_sec']:.1f} images/s, {row['seconds']:.1f} s"
             )
 
+    def _tested(self) -> list[dict[str, Any]]:
+        """The epochs that were evaluated on the test set."""
+        return [row for row in self.history if row["test_acc"] is not None]
+
     def summary(self) -> dict[str, Any]:
-        best = max(self.history, key=lambda r: r["test_acc"])
+        best = max(self._tested(), key=lambda r: r["test_acc"])
         return {
             "model": self.config.model,
             "epochs": len(self.history),
-            "final_test_acc": self.history[-1]["test_acc"],
+            "final_test_acc": self._tested()[-1]["test_acc"],
             "best_test_acc": best["test_acc"],
             "best_epoch": best["epoch"],
             "total_seconds": sum(r["seconds"] for r in self.history),

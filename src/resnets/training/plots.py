@@ -13,20 +13,27 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def plot_curves(history: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
-    """Loss (left) and accuracy (right) per epoch, training and test, in one PNG."""
+    """Loss (left) and accuracy (right) per epoch, training and test, in one PNG.
+
+    Rows whose test figures are None (epochs that were not evaluated) are left out of the test
+    curves.
+    """
     epochs = [row["epoch"] for row in history]
+    tested = [row for row in history if row["test_acc"] is not None]
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     loss_ax.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
-    loss_ax.plot(epochs, [r["test_loss"] for r in history], "s-", label="test")
+    loss_ax.plot([r["epoch"] for r in tested], [r["test_loss"] for r in tested], "s-", label="test")
     loss_ax.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
     acc_ax.plot(epochs, [100 * r["train_acc"] for r in history], "o-", label="train")
-    acc_ax.plot(epochs, [100 * r["test_acc"] for r in history], "s-", label="test")
-    best = max(history, key=lambda r: r["test_acc"])
-    acc_ax.annotate(
-        f"{100 * best['test_acc']:.2f}%",
-        (best["epoch"], 100 * best["test_acc"]),
-        textcoords="offset points", xytext=(0, -14), ha="center",
-    )  # fmt: skip
+    acc_ax.plot([r["epoch"] for r in tested], [100 * r["test_acc"] for r in tested], "s-",
+                label="test")  # fmt: skip
+    if tested:
+        best = max(tested, key=lambda r: r["test_acc"])
+        acc_ax.annotate(
+            f"{100 * best['test_acc']:.2f}%",
+            (best["epoch"], 100 * best["test_acc"]),
+            textcoords="offset points", xytext=(0, -14), ha="center",
+        )  # fmt: skip
     acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)
