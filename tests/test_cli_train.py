@@ -159,3 +159,8 @@ def test_interrupt_exits_130(
 def test_debug_shows_the_traceback(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(Exception, match="unknown model"):
         main(["--debug", "summary", "resnet19"])
+
+
+def test_resume_takes_no_recipe(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "train", "--resume", str(tmp_path), "--recipe", "fast")
+    assert code == 2 and "--resume continues a run with its saved settings" in err

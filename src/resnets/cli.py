@@ -9,9 +9,11 @@ import sys
 import typing
 from collections.abc import Callable, Sequence
 
-from resnets.errors import ResnetsError
+from resnets.bench import benchmark
+from resnets.errors import ResnetsError, UsageError
 from resnets.models import create_model, default_input_size, list_models
 from resnets.summary import count_params, format_count, format_summary, summarize
+from resnets.training import TrainConfig, Trainer, evaluate_checkpoint, make_config
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -49,22 +51,20 @@ def _summary(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from resnets.training import TrainConfig, Trainer, make_config
-
-    settings = {name: getattr(args, name) for name in TrainConfig.__dataclass_fields__}
-    log = print
+    settings = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)}
     if args.resume:
-        trainer = Trainer.resume(args.resume, settings, log=log, quiet=args.quiet)
+        if args.recipe or args.config:
+            raise UsageError(
+                "--resume continues a run with its saved settings; drop --recipe/--config"
+            )
+        trainer = Trainer.resume(args.resume, settings, quiet=args.quiet)
     else:
-        config = make_config(args.recipe, args.config, settings)
-        trainer = Trainer(config, log=log, quiet=args.quiet)
+        trainer = Trainer(make_config(args.recipe, args.config, settings), quiet=args.quiet)
     trainer.fit()
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from resnets.training import evaluate_checkpoint
-
     overrides = {
         "device": args.device, "data_dir": args.data_dir, "test_samples": args.test_samples,
         "eval_batch_size": args.batch_size, "tta": args.tta,
@@ -89,8 +89,6 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from resnets.bench import benchmark
-
     result = benchmark(
         args.model, image_size=args.image_size, batch_size=args.batch_size,
         precision=args.precision, device=args.device, steps=args.steps, warmup=args.warmup,
@@ -119,8 +117,6 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _add_train_settings(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field, so the command line and the Python API cannot drift."""
-    from resnets.training import TrainConfig
-
     hints = typing.get_type_hints(TrainConfig)
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
