@@ -153,7 +153,9 @@ def test_interrupt_exits_130(
     monkeypatch.setattr(Trainer, "__init__", lambda self, *a, **k: None)
     monkeypatch.setattr(Trainer, "fit", interrupted)
     code, _, err = run(capsys, "train")
-    assert code == 130 and "Resume with" in err
+    assert (
+        code == 130 and err.startswith("resnets: interrupted in epoch 1;") and "Resume with" in err
+    )
 
 
 def test_debug_shows_the_traceback(capsys: pytest.CaptureFixture[str]) -> None:

@@ -240,7 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ResnetsError as error:
         if args.debug:
             raise
-        print(f"resnets: error: {error}", file=sys.stderr)
+        kind = "" if error.exit_code == 130 else "error: "  # an interruption is not an error
+        print(f"resnets: {kind}{error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         if args.debug:
