@@ -200,10 +200,27 @@ def test_learning_rate_schedules(schedule: str) -> None:
         assert peak == (9 if schedule == "cosine" else 25)
 
 
+def test_ema_follows_the_model_early_and_averages_later() -> None:
+    from torch.optim.swa_utils import AveragedModel
+
+    from resnets.training.loop import ema_with_warmup
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    ema = AveragedModel(model, multi_avg_fn=ema_with_warmup(0.999), use_buffers=True)
+    for step in range(1, 3001):
+        model.weight.data.fill_(float(step))
+        ema.update_parameters(model)
+        if step == 20:  # plain EMA at 0.999 would hold about 1.2 here
+            assert ema.module.weight.item() > 10
+    # By step 3000 the decay has ramped to (1 + 3000) / (10 + 3000), about 0.997: the average
+    # trails the model by roughly 1 / (1 - 0.997), about 330 steps.
+    assert 2600 < ema.module.weight.item() < 2800
+
+
 def test_ema_and_tta_evaluate(tmp_path: Path) -> None:
-    run = trainer(tmp_path, epochs=2, ema=0.9, tta=True)
+    run = trainer(tmp_path, epochs=2, ema=0.999, tta=True)
     run.fit()
-    assert run.history[-1]["test_acc"] > 0.5
+    assert run.history[-1]["test_acc"] > 0.5  # a 0.999 EMA without warm-up scores at chance
     averaged = run.ema.module.state_dict()
     assert not torch.equal(averaged["fc.weight"], run.model.state_dict()["fc.weight"])
 

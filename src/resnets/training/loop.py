@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from resnets.data import Dataset, DeviceBatches, load_fashion_mnist
@@ -97,6 +97,28 @@ def learning_rate(config: TrainConfig, step: int, total_steps: int, steps_per_ep
             return peak * (0.04 + 0.96 * step / warmup)
     progress = (step - warmup) / max(1, total_steps - warmup)
     return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def ema_with_warmup(decay: float) -> Callable[[list, list, torch.Tensor], None]:
+    """An EMA update for AveragedModel whose decay ramps up as min(decay, (1 + n) / (10 + n)).
+
+    torch's get_ema_multi_avg_fn uses the full decay from the first step, so the average stays
+    mostly initial weights for thousands of steps (0.999 ** 1000 = 0.37): a short run would be
+    evaluated on a nearly untrained network. The ramp (as in TensorFlow's
+    ExponentialMovingAverage with num_updates) lets early averages follow the model.
+    """
+
+    @torch.no_grad()
+    def update(averaged: list, current: list, num_averaged: torch.Tensor) -> None:
+        n = int(num_averaged)
+        weight = 1 - min(decay, (1 + n) / (10 + n))
+        if torch.is_floating_point(averaged[0]):
+            torch._foreach_lerp_(averaged, current, weight)
+        else:  # integer buffers such as BatchNorm's num_batches_tracked follow the model
+            for avg, cur in zip(averaged, current, strict=True):
+                avg.copy_(cur)
+
+    return update
 
 
 def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -174,9 +196,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, config)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.ema = (
-            AveragedModel(
-                self.model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True
-            )
+            AveragedModel(self.model, multi_avg_fn=ema_with_warmup(config.ema), use_buffers=True)
             if config.ema
             else None
         )
