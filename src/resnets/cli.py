@@ -14,6 +14,7 @@ from resnets.errors import ResnetsError, UsageError
 from resnets.models import create_model, default_input_size, list_models
 from resnets.summary import count_params, format_count, format_summary, summarize
 from resnets.training import TrainConfig, Trainer, evaluate_checkpoint, make_config
+from resnets.training.config import PRECISIONS
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -217,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--model", default="d2l_resnet18", help="model name (d2l_resnet18)")
     bench.add_argument("--image-size", type=_positive_int, default=96, help="input side (96)")
     bench.add_argument("--batch-size", type=_positive_int, default=256, help="batch size (256)")
-    bench.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+    bench.add_argument("--precision", default="auto", choices=PRECISIONS,
                        help="numeric precision (auto: bf16 where native)")  # fmt: skip
     bench.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     bench.add_argument("--steps", type=_positive_int, default=20, help="timed batches (20)")

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from resnets.data.batches import AUGMENTATIONS
 from resnets.errors import UsageError
 
 if sys.version_info >= (3, 11):
@@ -25,7 +26,6 @@ else:  # pragma: no cover
 OPTIMIZERS = ("sgd", "nesterov", "adamw")
 SCHEDULES = ("constant", "onecycle", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-AUGMENTATIONS = ("none", "flip", "crop", "crop+flip")
 
 
 def _setting(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:

@@ -340,7 +340,7 @@ class Trainer:
             correct += step_correct
             pos.batch += 1
             pos.seen += len(y)
-            if pos.batch % NAN_CHECK_EVERY == 0 or pos.batch == steps:
+            if pos.batch % NAN_CHECK_EVERY == 0:  # the epoch's end is checked after the loop
                 self._check_finite(loss_sum, epoch, pos.batch)
                 bar.set_postfix(loss=f"{float(loss_sum) / pos.seen:.4f}", refresh=False)
             if self.on_step:
