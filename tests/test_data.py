@@ -432,6 +432,24 @@ def test_flip_mirrors_some_images() -> None:
     assert (same ^ flipped).all() and same.any() and flipped.any()
 
 
+def test_erase_fills_one_rectangle_in_about_half_the_images() -> None:
+    data = batches(256, batch_size=256, augment="erase")
+    x, y = next(data.epoch(0))
+    got, originals = to_pixels(x)[:, 0], data.images[y][:, 0]
+    changed = got != originals
+    touched = changed.flatten(1).any(1)
+    assert 0.3 < touched.float().mean() < 0.7
+    for diff in changed[touched]:
+        rows, cols = diff.any(1).nonzero(), diff.any(0).nonzero()
+        height, width = int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
+        assert height * width <= 0.45 * 28 * 28, "at most 40% of the area, plus rounding"
+        outside = torch.ones_like(diff)
+        outside[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1] = False
+        assert not diff[outside].any(), "one rectangle"
+    again, _ = next(batches(256, batch_size=256, augment="erase").epoch(0))
+    assert torch.equal(x, again)
+
+
 def test_batches_validate_options() -> None:
     with pytest.raises(UsageError, match="crop\\+flip"):
         batches(augment="rotate")
@@ -439,7 +457,7 @@ def test_batches_validate_options() -> None:
         batches(batch_size=0)
     with pytest.raises(UsageError, match="at least 1"):
         batches(image_size=0)
-    assert AUGMENTATIONS == ("none", "flip", "crop", "crop+flip")
+    assert AUGMENTATIONS == ("none", "flip", "crop", "crop+flip", "erase", "crop+flip+erase")
 
 
 # --- the real data ---

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import torch
@@ -12,7 +13,10 @@ from resnets.errors import UsageError
 # Fashion-MNIST training-set pixel mean and standard deviation on the [0, 1] scale.
 MEAN, STD = 0.2860, 0.3530
 
-AUGMENTATIONS = ("none", "flip", "crop", "crop+flip")
+AUGMENTATIONS = ("none", "flip", "crop", "crop+flip", "erase", "crop+flip+erase")
+
+# Random erasing (Zhong et al. 2017, arXiv:1708.04896): probability, area fraction, aspect ratio.
+ERASE_P, ERASE_AREA, ERASE_ASPECT = 0.5, (0.02, 0.4), (0.3, 1 / 0.3)
 
 
 class DeviceBatches:
@@ -86,6 +90,8 @@ class DeviceBatches:
             batch = self._crop(batch, generator)
         if "flip" in self.augment:
             batch = self._flip(batch, generator)
+        if "erase" in self.augment:
+            batch = self._erase(batch, generator)
         x = batch.to(self.dtype).sub_(255 * MEAN).mul_(1 / (255 * STD))
         size = x.shape[-1]
         if (x.shape[-2], size) != (self.image_size, self.image_size):
@@ -113,3 +119,33 @@ class DeviceBatches:
         """Mirror each image left to right with probability one half."""
         flip = torch.rand(len(batch), generator=generator, device=self.device) < 0.5
         return torch.where(flip.view(-1, 1, 1, 1), batch.flip(-1), batch)
+
+    def _erase(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Fill one random rectangle of each image with noise, with probability ERASE_P.
+
+        Batched, so a rectangle too tall or wide for the image is clipped to it rather than
+        drawn again as in the paper.
+        """
+        n, _, h, w = batch.shape
+        uniform = torch.rand(6, n, generator=generator, device=self.device)
+        low, high = ERASE_AREA
+        area = (low + (high - low) * uniform[0]) * h * w
+        log_low, log_high = math.log(ERASE_ASPECT[0]), math.log(ERASE_ASPECT[1])
+        aspect = torch.exp(log_low + (log_high - log_low) * uniform[1])
+        eh = (area * aspect).sqrt().round().clamp(1, h)
+        ew = (area / aspect).sqrt().round().clamp(1, w)
+        top = (uniform[2] * (h - eh + 1)).floor()
+        left = (uniform[3] * (w - ew + 1)).floor()
+        rows = torch.arange(h, device=self.device).view(1, h, 1)
+        cols = torch.arange(w, device=self.device).view(1, 1, w)
+
+        def inside(start: torch.Tensor, size: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+            start, size = start.view(n, 1, 1), size.view(n, 1, 1)
+            return (at >= start) & (at < start + size)
+
+        mask = inside(top, eh, rows) & inside(left, ew, cols)
+        mask &= (uniform[4] < ERASE_P).view(n, 1, 1)
+        noise = torch.randint(
+            256, batch.shape, generator=generator, device=self.device, dtype=torch.uint8
+        )
+        return torch.where(mask.unsqueeze(1), noise, batch)

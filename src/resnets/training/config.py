@@ -122,10 +122,11 @@ RECIPES: dict[str, dict[str, Any]] = {
         "augment": "flip", "zero_init_residual": True, "tta": True, "eval_every": 6,
     },
     "best": {
-        "model": "resnet18", "small_input": True, "image_size": 28, "epochs": 40,
-        "batch_size": 256, "optimizer": "nesterov", "lr": 0.1, "weight_decay": 5e-4,
-        "schedule": "onecycle", "label_smoothing": 0.1, "augment": "crop+flip",
-        "zero_init_residual": True, "tta": True, "ema": 0.999,
+        "model": "resnet18", "small_input": True, "width": 0.5, "image_size": 28,
+        "epochs": 50, "batch_size": 256, "optimizer": "nesterov", "lr": 0.2,
+        "weight_decay": 5e-4, "schedule": "onecycle", "label_smoothing": 0.1,
+        "augment": "crop+flip+erase", "zero_init_residual": True, "tta": True, "ema": 0.999,
+        "eval_every": 5,
     },
 }  # fmt: skip
 

@@ -41,6 +41,7 @@ from resnets.training.memory import MemoryFallback
 from resnets.training.plots import plot_confusion, plot_curves
 from resnets.training.runtime import (
     autocast,
+    keep_freed_host_memory,
     peak_memory_bytes,
     reset_peak_memory,
     resolve_channels_last,
@@ -163,7 +164,8 @@ class Trainer:
 
     `log` receives the lines a person reads (one per epoch, notices, the final line); with
     `quiet`, only the final line. `on_step(trainer, step)` is called after every optimizer step
-    (for tests and tools). Use `Trainer.resume(run_dir)` to continue a run.
+    (for tests and tools). Use `Trainer.resume(run_dir)` to continue a run. On the CPU it
+    sets the process's malloc to keep freed memory (see `keep_freed_host_memory`).
     """
 
     def __init__(
@@ -179,6 +181,8 @@ class Trainer:
         self.config = config.validate()
         self.log, self.quiet, self.on_step = log, quiet, on_step
         self.device = resolve_device(config.device)
+        if self.device.type == "cpu":
+            keep_freed_host_memory()  # no page faults on each step's activations
         self.precision = resolve_precision(config.precision, self.device)
         if self.precision == "fp16" and self.device.type == "cpu":
             raise UsageError("fp16 autocast is for GPUs; on the CPU use --precision bf16 or fp32")
