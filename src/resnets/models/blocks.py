@@ -19,12 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from resnets.models.conv import Conv2d
+
 Shortcut = Literal["A", "B", "C"]
 SHORTCUTS: tuple[str, ...] = ("A", "B", "C")
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1, bias: bool = False) -> nn.Conv2d:
-    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=bias)
+    return Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=bias)
 
 
 def conv1x1(in_channels: int, out_channels: int, stride: int = 1, bias: bool = False) -> nn.Conv2d:
