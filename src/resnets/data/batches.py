@@ -127,6 +127,8 @@ class DeviceBatches:
         drawn again as in the paper.
         """
         n, _, h, w = batch.shape
+        # Rows: area, aspect, top, left, whether; the sixth is unused but kept, so the
+        # recorded runs (docs/best-run/) draw the same numbers.
         uniform = torch.rand(6, n, generator=generator, device=self.device)
         low, high = ERASE_AREA
         area = (low + (high - low) * uniform[0]) * h * w

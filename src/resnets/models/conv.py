@@ -1,4 +1,4 @@
-"""A 3x3 convolution that computes tiny feature maps on the CPU as one matrix product."""
+"""A convolution that computes tiny feature maps on the CPU as one matrix product."""
 
 from __future__ import annotations
 
