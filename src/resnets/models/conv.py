@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -38,8 +40,7 @@ class Conv2d(nn.Conv2d):
             and self.padding_mode == "zeros"
             and not isinstance(self.padding, str)
         )
-        oh, ow = self._output_size(x)
-        return plain and oh * ow <= SMALL_MAP
+        return plain and math.prod(self._output_size(x)) <= SMALL_MAP
 
     def _forward_as_matmul(self, x: torch.Tensor) -> torch.Tensor:
         n, c = x.shape[:2]

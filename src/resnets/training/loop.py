@@ -471,11 +471,12 @@ class Trainer:
         return [row for row in self.history if row["test_acc"] is not None]
 
     def summary(self) -> dict[str, Any]:
-        best = max(self._tested(), key=lambda r: r["test_acc"])
+        tested = self._tested()
+        best = max(tested, key=lambda r: r["test_acc"])
         return {
             "model": self.config.model,
             "epochs": len(self.history),
-            "final_test_acc": self._tested()[-1]["test_acc"],
+            "final_test_acc": tested[-1]["test_acc"],
             "best_test_acc": best["test_acc"],
             "best_epoch": best["epoch"],
             "total_seconds": sum(r["seconds"] for r in self.history),
