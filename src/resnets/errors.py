@@ -16,3 +16,12 @@ class UsageError(ResnetsError, ValueError):
     """A bad name, size or option given by the caller."""
 
     exit_code = 2
+
+
+class DataError(ResnetsError):
+    """Data files that are missing, corrupt, or laid out wrongly: the message names the file.
+
+    Exit code 2, like a usage error: the fix is in what the user points the command at.
+    """
+
+    exit_code = 2
