@@ -15,14 +15,14 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
-from resnets.errors import ResnetsError, UsageError
+from resnets.errors import DataError, UsageError
 
 GZIP_MAGIC = b"\x1f\x8b"
 UBYTE = 0x08  # the IDX type code for unsigned bytes, the only one Fashion-MNIST uses
 _CHUNK = 1 << 20
 
 
-class IdxError(ResnetsError):
+class IdxError(DataError):
     """An IDX file that is missing, corrupt or of a kind this reader does not handle."""
 
 

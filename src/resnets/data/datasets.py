@@ -1,0 +1,382 @@
+"""Every data set by name: where its files come from, how they are read, and its DataSpec.
+
+`load_dataset("cifar10", DataOptions(data_dir=...))` returns a `Dataset`: the spec and uint8
+splits (N, C, H, W). Format readers live in their own modules (`idx`, `cifar`, `folder`);
+this module only knows which reader serves which name, as timm's `create_dataset` does.
+Subsets (`train_samples`), the validation hold-out and a test split for a folder with only one
+split are made here, the same way for every data set.
+"""
+
+from __future__ import annotations
+
+import http.client
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from resnets.data import mnist
+from resnets.data.download import cache_root, fetch
+from resnets.data.mnist import DataNotFoundError
+from resnets.data.spec import DataSpec
+from resnets.errors import DataError, UsageError
+
+# The share of a one-folder image set held out as its test split (fixed seed, stratified).
+FOLDER_TEST_FRACTION = 0.2
+FOLDER_TEST_SEED = 0
+
+
+@dataclass
+class Split:
+    """uint8 images (N, C, H, W) and int64 labels (N,) of one split.
+
+    `rows` selects the rows of `images` this split uses, without copying them: a memory-mapped
+    cache stays on disk until a batch reads it. None means all rows.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    rows: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def select(self, index: torch.Tensor) -> Split:
+        """The rows `index` (positions in this split) as a new split, sharing the images."""
+        rows = index if self.rows is None else self.rows[index]
+        return Split(self.images, self.labels[index], rows)
+
+    def first(self, n: int | None) -> Split:
+        return self if n is None or n >= len(self) else self.select(torch.arange(n))
+
+    def pixels(self) -> torch.Tensor:
+        """The split's images as one tensor (read into memory if they are memory-mapped)."""
+        return self.images if self.rows is None else self.images[self.rows]
+
+    def nbytes(self) -> int:
+        return len(self) * self.images[0].numel() if len(self) else 0
+
+
+@dataclass
+class Dataset:
+    """A data set ready to batch: its spec, and train, test and (optionally) validation splits."""
+
+    spec: DataSpec
+    train: Split
+    test: Split
+    val: Split | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.spec.classes
+
+    @classmethod
+    def from_tensors(
+        cls,
+        spec: DataSpec,
+        train_images: torch.Tensor,
+        train_labels: torch.Tensor,
+        test_images: torch.Tensor,
+        test_labels: torch.Tensor,
+    ) -> Dataset:
+        """From (N, H, W) or (N, C, H, W) uint8 images and integer labels."""
+
+        def split(images: torch.Tensor, labels: torch.Tensor) -> Split:
+            return Split(images.unsqueeze(1) if images.dim() == 3 else images, labels.long())
+
+        return cls(spec, split(train_images, train_labels), split(test_images, test_labels))
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """How to find and read a data set; each reader uses the fields that concern it."""
+
+    data_dir: str | None = None
+    verify: bool = True
+    download: bool = True
+    progress: bool = True
+    labels: str = "fine"  # CIFAR-100: fine (100 classes) or coarse (20 superclasses)
+    color: str = "auto"  # folder: auto, gray or rgb
+    cache_size: int = 64  # folder: side of the decoded, cached images
+    warn: Callable[[str], None] = print
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """One registered data set: a loader, a finder (for `resnets datasets`) and a description."""
+
+    name: str
+    summary: str
+    obtained: str
+    load: Callable[[DataOptions], Dataset]
+    find: Callable[[DataOptions], Path | None]
+    spec: DataSpec | None  # None where the data decide it (a folder of images)
+
+
+DATASETS: dict[str, DatasetEntry] = {}
+
+
+def register_dataset(
+    name: str,
+    *,
+    summary: str,
+    obtained: str,
+    find: Callable[[DataOptions], Path | None],
+    spec: DataSpec | None = None,
+) -> Callable[[Callable[[DataOptions], Dataset]], Callable[[DataOptions], Dataset]]:
+    """Add the decorated loader to DATASETS under `name`."""
+
+    def register(load: Callable[[DataOptions], Dataset]) -> Callable[[DataOptions], Dataset]:
+        DATASETS[name] = DatasetEntry(name, summary, obtained, load, find, spec)
+        return load
+
+    return register
+
+
+def list_datasets() -> list[str]:
+    return list(DATASETS)
+
+
+def get_entry(name: str) -> DatasetEntry:
+    if name not in DATASETS:
+        raise UsageError(f"unknown data set {name!r}; choose one of: {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+# ---- the MNIST family --------------------------------------------------------------------------
+
+
+def _load_idx_set(idx_set: mnist.IdxSet, options: DataOptions) -> Dataset:
+    directory = mnist.locate(
+        idx_set, options.data_dir, download=options.download, verify=options.verify,
+        progress=options.progress, warn=options.warn,
+    )  # fmt: skip
+    classes = idx_set.spec.num_classes
+    train = mnist.read_idx_split(directory, "train", classes)
+    test = mnist.read_idx_split(directory, "t10k", classes)
+    return Dataset(idx_set.spec, Split(*train), Split(*test))
+
+
+def _idx_finder(idx_set: mnist.IdxSet) -> Callable[[DataOptions], Path | None]:
+    return lambda options: mnist.where(idx_set, options.data_dir)
+
+
+@register_dataset(
+    "fashion-mnist",
+    summary="Zalando's clothing: 60,000 + 10,000 grayscale 28x28 images, 10 classes",
+    obtained=f"Debian's {mnist.FASHION_MNIST.debian_package}, --data-dir, the cache, or download",
+    find=_idx_finder(mnist.FASHION_MNIST),
+    spec=mnist.FASHION_MNIST.spec,
+)
+def load_fashion_mnist_set(options: DataOptions) -> Dataset:
+    return _load_idx_set(mnist.FASHION_MNIST, options)
+
+
+@register_dataset(
+    "mnist",
+    summary="handwritten digits: 60,000 + 10,000 grayscale 28x28 images, 10 classes",
+    obtained="--data-dir, the cache, or download (MD5 of the four .gz files checked)",
+    find=_idx_finder(mnist.MNIST),
+    spec=mnist.MNIST.spec,
+)
+def load_mnist_set(options: DataOptions) -> Dataset:
+    return _load_idx_set(mnist.MNIST, options)
+
+
+# ---- CIFAR -------------------------------------------------------------------------------------
+
+CIFAR_MEAN_STD = {  # training-set statistics per channel (R, G, B), computed from the archives
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+
+
+def _cifar_root(name: str, options: DataOptions) -> Path:
+    """--data-dir, else $RESNETS_DATA/NAME, else ~/.cache/resnets/NAME."""
+    if options.data_dir is not None:
+        return Path(options.data_dir).expanduser()
+    return cache_root() / name
+
+
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/"
+CIFAR_ARCHIVES = {"cifar10": "cifar-10-python.tar.gz", "cifar100": "cifar-100-python.tar.gz"}
+
+
+def _load_cifar(name: str, options: DataOptions) -> Dataset:
+    from resnets.data import cifar  # noqa: PLC0415 (only CIFAR runs need the tar and pickle code)
+
+    root = _cifar_root(name, options)
+    if cifar.find_cifar(root, name) is None:
+        if options.data_dir is None and options.download:
+            root.mkdir(parents=True, exist_ok=True)
+            archive = CIFAR_ARCHIVES[name]
+            try:
+                fetch(CIFAR_URL + archive, root / archive, options.progress)
+            except (OSError, http.client.HTTPException) as error:
+                raise DataNotFoundError(
+                    f"{name} is not in {root} and the download from {CIFAR_URL} failed "
+                    f"({error}); put {archive} there, or pass --data-dir DIR"
+                ) from error
+        else:
+            raise DataError(
+                f"{root}: no {name} archive or extracted folder; put {CIFAR_ARCHIVES[name]} "
+                "(or the folder it extracts to) there"
+            )
+    data = cifar.read_cifar(root, name, labels=options.labels, verify=options.verify,
+                            warn=options.warn)  # fmt: skip
+    mean, std = CIFAR_MEAN_STD[name]
+    spec = DataSpec(
+        name=name, classes=data.classes, channels=3, size=32, mean=mean, std=std,
+        mirror_ok=True, pad=4, extra={"labels": options.labels} if name == "cifar100" else {},
+    )  # fmt: skip
+    return Dataset(
+        spec, Split(data.train_images, data.train_labels), Split(data.test_images, data.test_labels)
+    )
+
+
+def _cifar_finder(name: str) -> Callable[[DataOptions], Path | None]:
+    def find(options: DataOptions) -> Path | None:
+        from resnets.data import cifar  # noqa: PLC0415
+
+        return cifar.find_cifar(_cifar_root(name, options), name)
+
+    return find
+
+
+@register_dataset(
+    "cifar10",
+    summary="Krizhevsky's CIFAR-10: 50,000 + 10,000 colour 32x32 images, 10 classes",
+    obtained="--data-dir with cifar-10-python.tar.gz, cifar-10-binary.tar.gz or either's folder",
+    find=_cifar_finder("cifar10"),
+)
+def load_cifar10(options: DataOptions) -> Dataset:
+    return _load_cifar("cifar10", options)
+
+
+@register_dataset(
+    "cifar100",
+    summary="CIFAR-100: 50,000 + 10,000 colour 32x32 images, 100 classes (or 20 coarse)",
+    obtained="--data-dir with cifar-100-python.tar.gz or cifar-100-python/",
+    find=_cifar_finder("cifar100"),
+)
+def load_cifar100(options: DataOptions) -> Dataset:
+    return _load_cifar("cifar100", options)
+
+
+# ---- the user's own images ---------------------------------------------------------------------
+
+
+def _folder_root(options: DataOptions) -> Path:
+    if options.data_dir is None:
+        raise UsageError(
+            "--dataset folder needs --data-dir ROOT (ROOT/train/<class>/*, ROOT/val/<class>/* "
+            "or ROOT/test/<class>/*, or ROOT/<class>/*)"
+        )
+    return Path(options.data_dir).expanduser()
+
+
+@register_dataset(
+    "folder",
+    summary="your images: ROOT/train/<class>/* and ROOT/val|test/<class>/*, or ROOT/<class>/*",
+    obtained="--data-dir ROOT; decoded once into a uint8 cache (PNG, JPEG, BMP, WebP)",
+    find=lambda options: None if options.data_dir is None else _folder_root(options),
+)
+def load_folder(options: DataOptions) -> Dataset:
+    from resnets.data import folder  # noqa: PLC0415 (Pillow only where folders are read)
+
+    root = _folder_root(options)
+    data = folder.load_image_folder(
+        root, size=options.cache_size, color=options.color, progress=options.progress,
+        warn=options.warn,
+    )  # fmt: skip
+    spec = DataSpec(
+        name="folder", classes=data.classes, channels=data.channels, size=options.cache_size,
+        mean=data.mean, std=data.std, mirror_ok=True, pad=max(1, round(options.cache_size / 8)),
+        extra={"root": str(root.resolve())},
+    )  # fmt: skip
+    train = Split(data.train_images, data.train_labels)
+    if data.test_images is None or data.test_labels is None:
+        keep, held = stratified_split(train.labels, FOLDER_TEST_FRACTION, FOLDER_TEST_SEED)
+        note = (
+            f"{root} has no val/ or test/ split: {len(held)} images "
+            f"({FOLDER_TEST_FRACTION:.0%} of each class, fixed seed) are held out as the test set"
+        )
+        return Dataset(spec, train.select(keep), train.select(held), notes=[note])
+    return Dataset(spec, train, Split(data.test_images, data.test_labels))
+
+
+# ---- subsets and hold-outs ---------------------------------------------------------------------
+
+
+def stratified_split(
+    labels: torch.Tensor, fraction: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions (kept, held out): `fraction` of each class, drawn with `seed`, both sorted."""
+    generator = torch.Generator().manual_seed(seed)
+    held = []
+    for label in torch.unique(labels).tolist():
+        where = (labels == label).nonzero().flatten()
+        count = min(len(where) - 1, round(fraction * len(where)))
+        held.append(where[torch.randperm(len(where), generator=generator)[: max(0, count)]])
+    held_out = torch.cat(held).sort().values if held else torch.zeros(0, dtype=torch.long)
+    keep = torch.ones(len(labels), dtype=torch.bool)
+    keep[held_out] = False
+    return keep.nonzero().flatten(), held_out
+
+
+def load_dataset(
+    name: str,
+    options: DataOptions | None = None,
+    *,
+    train_samples: int | None = None,
+    test_samples: int | None = None,
+    val_fraction: float = 0.0,
+    seed: int = 0,
+) -> Dataset:
+    """Read data set `name` and shape its splits.
+
+    `train_samples`/`test_samples` keep the first N images of a split; `val_fraction` then
+    holds out that share of each training class (drawn with `seed`) as a validation split.
+    """
+    mnist.check_samples(train_samples, test_samples)
+    if not 0 <= val_fraction < 1:
+        raise UsageError(f"val_fraction must be in [0, 1), not {val_fraction}")
+    data = get_entry(name).load(options or DataOptions())
+    data.train = data.train.first(train_samples)
+    data.test = data.test.first(test_samples)
+    if val_fraction > 0:
+        keep, held = stratified_split(data.train.labels, val_fraction, seed)
+        if len(held) == 0:
+            raise UsageError(
+                f"val_fraction {val_fraction} holds out no image of {len(data.train)}; raise it"
+            )
+        data.train, data.val = data.train.select(keep), data.train.select(held)
+    return data
+
+
+def describe(name: str, options: DataOptions, check: bool = True) -> dict[str, Any]:
+    """What `resnets datasets` prints for one set: its facts, where it is, whether it checks."""
+    entry = get_entry(name)
+    row: dict[str, Any] = {"name": name, "summary": entry.summary, "obtained": entry.obtained}
+    if entry.spec is not None:
+        row.update(classes=entry.spec.num_classes, channels=entry.spec.channels,
+                   size=entry.spec.size, mirror_ok=entry.spec.mirror_ok)  # fmt: skip
+    try:
+        found = entry.find(options)
+    except UsageError:
+        found = None
+    row["path"] = None if found is None else str(found)
+    row["found"] = found is not None
+    row["verified"] = None
+    if found is not None and check and name != "folder":
+        quiet = replace(options, download=False, progress=False, warn=lambda _: None)
+        try:
+            get_entry(name).load(replace(quiet, verify=True))
+            row["verified"] = True
+        except DataError as error:
+            row["verified"] = False
+            row["problem"] = str(error).splitlines()[0]
+    return row
