@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
-from resnets.data import DataNotFoundError, Dataset, load_fashion_mnist
+from resnets.data import DataNotFoundError, Dataset, load_dataset
+from resnets.data.datasets import get_entry
+from resnets.errors import DataError, UsageError
 from resnets.summary import count_macs
-from resnets.training.config import make_config
+from resnets.training.config import TrainConfig, make_config
 from resnets.training.evaluate import evaluate
-from resnets.training.loop import Trainer
-from resnets.training.runtime import peak_memory_bytes, reset_peak_memory
+from resnets.training.factory import build_batches, build_model, data_options, fit_to_data
+from resnets.training.loop import build_optimizer
+from resnets.training.memory import MemoryFallback
+from resnets.training.runtime import Runtime, peak_memory_bytes, reset_peak_memory
+from resnets.training.step import StepParts, train_step
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -25,19 +31,25 @@ def _synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def bench_data(data_dir: str | None, images: int) -> tuple[Dataset, str]:
-    """The real Fashion-MNIST when it is already on disk (never downloaded for a benchmark);
-    otherwise random images of the same shape, which cost the same to process."""
+def bench_data(config: TrainConfig, images: int) -> tuple[Dataset, str]:
+    """The configured data set when it is already on disk (never downloaded for a benchmark);
+    otherwise random images of its shape, which cost the same to process."""
+    entry = get_entry(config.dataset)
+    options = replace(data_options(config, quiet=True), download=False)
     try:
-        data = load_fashion_mnist(
-            data_dir, download=False, progress=False, train_samples=images, test_samples=images
+        data = load_dataset(
+            config.dataset, options, train_samples=images, test_samples=images
         )
-        return data, "fashion-mnist"
-    except DataNotFoundError:
+        return data, config.dataset
+    except (DataNotFoundError, DataError):
+        if entry.spec is None:
+            raise
+        spec = entry.spec
         g = torch.Generator().manual_seed(0)
-        pixels = torch.randint(0, 256, (images, 28, 28), generator=g, dtype=torch.uint8)
-        labels = torch.randint(0, 10, (images,), generator=g)
-        return Dataset(pixels, labels, pixels.clone(), labels.clone()), "synthetic"
+        shape = (images, spec.channels, spec.size, spec.size)
+        pixels = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
+        labels = torch.randint(0, spec.num_classes, (images,), generator=g)
+        return Dataset.from_tensors(spec, pixels, labels, pixels.clone(), labels.clone()), "synthetic"
 
 
 def benchmark(
@@ -53,6 +65,7 @@ def benchmark(
     compile: bool = False,
     small_input: bool = False,
     width: float = 1.0,
+    dataset: str = "fashion-mnist",
     data_dir: str | None = None,
 ) -> dict[str, Any]:
     """Training images/s (batch building, forward, backward, optimizer step) and evaluation
@@ -66,12 +79,23 @@ def benchmark(
             "model": model, "image_size": image_size, "batch_size": batch_size,
             "eval_batch_size": batch_size, "precision": precision, "device": device,
             "channels_last": channels_last, "compile": compile, "small_input": small_input,
-            "width": width, "data_dir": data_dir,
+            "width": width, "dataset": dataset, "data_dir": data_dir,
         }
     )  # fmt: skip
-    data, source = bench_data(data_dir, batch_size * (warmup + steps))
-    trainer = Trainer(config, data=data, quiet=True, log=lambda _: None, run_dir="unused")
-    dev = trainer.device
+    if warmup < 0:
+        raise UsageError(f"warmup must be 0 or more batches, not {warmup}")
+    data, source = bench_data(config, batch_size * (warmup + steps))
+    runtime = Runtime.resolve(config.device, config.precision, config.channels_last)
+    config = fit_to_data(config, data.spec, quiet=True)
+    model = build_model(config, data.spec, runtime)
+    step_model = torch.compile(model) if compile else model
+    batches = build_batches(config, data, runtime, quiet=True)
+    optimizer = build_optimizer(model, config)
+    parts = StepParts(
+        model, step_model, optimizer, torch.amp.GradScaler(runtime.device.type, enabled=runtime.precision == "fp16"),
+        MemoryFallback(None, lambda _: None), None, runtime.device, runtime.precision,
+    )  # fmt: skip
+    dev = runtime.device
 
     def timed(batches: Iterator[Batch], run_one: Callable[[Batch], object]) -> float:
         for _, batch in zip(range(warmup), batches, strict=False):
@@ -84,21 +108,22 @@ def benchmark(
         return time.perf_counter() - start
 
     reset_peak_memory(dev)
-    trainer.model.train()
-    train_seconds = timed(trainer.train_batches.epoch(0), lambda b: trainer.train_step(*b))
+    model.train()
+    train_seconds = timed(batches.train.epoch(0), lambda b: train_step(parts, *b))
     eval_seconds = timed(
-        trainer.test_batches.epoch(0),
-        lambda b: evaluate(trainer.step_model, [b], device=dev, precision=trainer.precision),
+        batches.test.epoch(0),
+        lambda b: evaluate(step_model, [b], device=dev, precision=runtime.precision,
+                           num_classes=data.spec.num_classes),  # fmt: skip
     )
-    macs = count_macs(trainer.model, (1, image_size, image_size))
+    macs = count_macs(model, (data.spec.channels, image_size, image_size))
     train_rate = steps * batch_size / train_seconds
     return {
         "model": model,
         "image_size": image_size,
         "batch_size": batch_size,
         "device": str(dev),
-        "precision": trainer.precision,
-        "channels_last": trainer.channels_last,
+        "precision": runtime.precision,
+        "channels_last": runtime.channels_last,
         "compile": compile,
         "data": source,
         "steps": steps,

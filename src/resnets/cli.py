@@ -13,7 +13,14 @@ from resnets.bench import benchmark
 from resnets.errors import ResnetsError, UsageError
 from resnets.models import create_model, default_input_size, list_models
 from resnets.summary import count_params, format_count, format_summary, summarize
-from resnets.training import TrainConfig, Trainer, evaluate_checkpoint, make_config
+from resnets.data import DataOptions, describe, list_datasets
+from resnets.training import (
+    TrainConfig,
+    build_trainer,
+    evaluate_checkpoint,
+    make_config,
+    resume_trainer,
+)
 from resnets.training.config import PRECISIONS
 
 Handler = Callable[[argparse.Namespace], int]
@@ -58,9 +65,9 @@ def _train(args: argparse.Namespace) -> int:
             raise UsageError(
                 "--resume continues a run with its saved settings; drop --recipe/--config"
             )
-        trainer = Trainer.resume(args.resume, settings, quiet=args.quiet)
+        trainer = resume_trainer(args.resume, settings, quiet=args.quiet)
     else:
-        trainer = Trainer(make_config(args.recipe, args.config, settings), quiet=args.quiet)
+        trainer = build_trainer(make_config(args.recipe, args.config, settings), quiet=args.quiet)
     trainer.fit()
     return 0
 
@@ -68,14 +75,18 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     overrides = {
         "device": args.device, "data_dir": args.data_dir, "test_samples": args.test_samples,
-        "eval_batch_size": args.batch_size, "tta": args.tta,
+        "eval_batch_size": args.batch_size, "tta": args.tta, "verify": args.verify,
     }  # fmt: skip
     result = evaluate_checkpoint(args.run, overrides)
     if args.json:
-        keys = ("test_acc", "test_loss", "per_class", "confusion", "images", "checkpoint", "epoch")
+        keys = ("dataset", "test_acc", "test_loss", "per_class", "confusion", "images",
+                "checkpoint", "epoch", "weights")  # fmt: skip
         print(json.dumps({k: result[k] for k in keys}, indent=2))
         return 0
-    print(f"{result['checkpoint']} (after epoch {result['epoch']}), {result['images']} test images")
+    print(
+        f"{result['checkpoint']} (after epoch {result['epoch']}, {result['weights']} weights), "
+        f"{result['images']} {result['dataset']} test images"
+    )
     print(f"test accuracy {result['test_acc']:.4f}, test loss {result['test_loss']:.4f}\n")
     names = list(result["per_class"])
     width = max(map(len, names))
@@ -94,7 +105,7 @@ def _bench(args: argparse.Namespace) -> int:
         args.model, image_size=args.image_size, batch_size=args.batch_size,
         precision=args.precision, device=args.device, steps=args.steps, warmup=args.warmup,
         channels_last=args.channels_last, compile=args.compile, small_input=args.small_input,
-        width=args.width, data_dir=args.data_dir,
+        width=args.width, dataset=args.dataset, data_dir=args.data_dir,
     )  # fmt: skip
     if args.json:
         print(json.dumps(result, indent=2))
@@ -116,6 +127,31 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _datasets(args: argparse.Namespace) -> int:
+    options = DataOptions(data_dir=args.data_dir, progress=False, warn=lambda _: None)
+    rows = [describe(name, options, check=not args.no_check) for name in list_datasets()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        shape = (
+            f"{row['classes']} classes, {row['channels']}x{row['size']}x{row['size']}"
+            if "classes" in row
+            else "classes, channels and size from the images"
+        )
+        if not row["found"]:
+            state = "not found"
+        elif row["verified"] is None:
+            state = f"found at {row['path']}"
+        elif row["verified"]:
+            state = f"found and verified at {row['path']}"
+        else:
+            state = f"found at {row['path']} but it does not check: {row['problem']}"
+        print(f"{row['name']:<14} {shape}\n{'':<14} {row['summary']}\n{'':<14} from: "
+              f"{row['obtained']}\n{'':<14} {state}")  # fmt: skip
+    return 0
+
+
 def _add_train_settings(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field, so the command line and the Python API cannot drift."""
     hints = typing.get_type_hints(TrainConfig)
@@ -127,6 +163,10 @@ def _add_train_settings(parser: argparse.ArgumentParser) -> None:
         if kind is bool:
             parser.add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
+        elif typing.get_origin(kind) is tuple:
+            parser.add_argument(
+                flag, type=float, nargs="+", default=None, metavar="EPOCH", help=help_text
             )
         else:
             parser.add_argument(
@@ -148,7 +188,8 @@ def _positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="resnets",
-        description="Residual networks: inspect them, train them on Fashion-MNIST, measure them.",
+        description="Residual networks: inspect them, train them on Fashion-MNIST, MNIST, CIFAR "
+        "or your own images, measure them.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -179,13 +220,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser(
         "train",
-        help="train on Fashion-MNIST (no arguments: the chapter's experiment)",
-        description="Train a model on Fashion-MNIST. With no arguments this is the chapter's "
+        help="train a model (no arguments: the chapter's experiment)",
+        description="Train a model on a data set (--dataset; Fashion-MNIST by default). With no "
+        "arguments this is the chapter's "
         "experiment: d2l_resnet18 at 96x96, SGD, lr 0.05, batch 256, 5 epochs. Settings come "
         "from the defaults, then --recipe, then --config FILE, then flags. Ctrl-C saves a "
         "checkpoint; --resume DIR continues bit for bit.",
     )
-    train.add_argument("--recipe", help="named settings: chapter, fast, best (see README)")
+    train.add_argument(
+        "--recipe", help="named settings: chapter, fast, best, cifar-paper (see README)"
+    )
     train.add_argument("--config", metavar="FILE", help="settings from a TOML or YAML file")
     train.add_argument("--resume", metavar="DIR", help="continue the run in DIR (or checkpoint)")
     train.add_argument("--quiet", action="store_true", help="print only the final line")
@@ -196,10 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
         "eval",
         help="test accuracy, per-class accuracy and confusion matrix of a trained model",
         description="Evaluate a run folder's best checkpoint (or a checkpoint file) on the "
-        "Fashion-MNIST test set; writes confusion.png into the run folder.",
+        "test split of the data set it was trained on; writes confusion.png into the run folder.",
     )
     evaluate.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT")
-    evaluate.add_argument("--data-dir", help="folder with the four Fashion-MNIST files")
+    evaluate.add_argument("--data-dir", help="where the data set is (default: as trained)")
+    evaluate.add_argument("--verify", action=argparse.BooleanOptionalAction, default=None,
+                          help="check data files against published digests (default: as "
+                          "trained)")  # fmt: skip
     evaluate.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
     evaluate.add_argument("--batch-size", type=_positive_int, help="images per batch")
     evaluate.add_argument("--test-samples", type=_positive_int, help="first N test images only")
@@ -213,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="training and evaluation images/s and peak memory",
         description="Time training steps (batch building, forward, backward, optimizer step) "
         "and evaluation batches after warm-up, through the project's own data path. Uses the "
-        "real Fashion-MNIST if it is on disk, random images of the same shape otherwise.",
+        "data set if it is on disk, random images of the same shape otherwise.",
     )
     bench.add_argument("--model", default="d2l_resnet18", help="model name (d2l_resnet18)")
     bench.add_argument("--image-size", type=_positive_int, default=96, help="input side (96)")
@@ -228,9 +275,22 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--compile", action="store_true", help="torch.compile the model")
     bench.add_argument("--small-input", action="store_true", help="3x3 stride-1 stem, no pool")
     bench.add_argument("--width", type=float, default=1.0, help="channel width multiplier")
-    bench.add_argument("--data-dir", help="folder with the Fashion-MNIST files")
+    bench.add_argument("--dataset", default="fashion-mnist", help="data set (fashion-mnist)")
+    bench.add_argument("--data-dir", help="where the data set is")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.set_defaults(handler=_bench)
+
+    datasets = commands.add_parser(
+        "datasets",
+        help="list the data sets: classes, size, where each would be read from, whether it checks",
+        description="List every data set with its classes, channels and size, where it would be "
+        "read from (with --data-dir: there), whether it was found, and whether its files match "
+        "their published digests.",
+    )
+    datasets.add_argument("--data-dir", help="look here instead of the default places")
+    datasets.add_argument("--no-check", action="store_true", help="do not read files to verify")
+    datasets.add_argument("--json", action="store_true", help="print one JSON array")
+    datasets.set_defaults(handler=_datasets)
     return parser
 
 

@@ -1,28 +1,41 @@
-"""Fashion-MNIST: IDX files, where to find them, and batches built on the training device."""
+"""Data sets as data: specs, a registry of sources and readers, and batches built on the device."""
 
-from resnets.data.batches import AUGMENTATIONS, MEAN, STD, DeviceBatches
-from resnets.data.fashion_mnist import (
-    CLASSES,
-    ChecksumError,
-    DataNotFoundError,
+from resnets.data.batches import AUGMENTATIONS, DeviceBatches, parse_augment
+from resnets.data.datasets import (
+    DATASETS,
+    DataOptions,
     Dataset,
-    load_fashion_mnist,
-    locate,
+    Split,
+    describe,
+    list_datasets,
+    load_dataset,
+    register_dataset,
+    stratified_split,
 )
 from resnets.data.idx import IdxError, read_idx, write_idx
+from resnets.data.mnist import FASHION_MNIST, MNIST, ChecksumError, DataNotFoundError
+from resnets.data.spec import DataSpec, channel_stats
 
 __all__ = [
     "AUGMENTATIONS",
-    "CLASSES",
-    "MEAN",
-    "STD",
+    "DATASETS",
+    "FASHION_MNIST",
+    "MNIST",
     "ChecksumError",
     "DataNotFoundError",
+    "DataOptions",
+    "DataSpec",
     "Dataset",
     "DeviceBatches",
     "IdxError",
-    "load_fashion_mnist",
-    "locate",
+    "Split",
+    "channel_stats",
+    "describe",
+    "list_datasets",
+    "load_dataset",
+    "parse_augment",
     "read_idx",
+    "register_dataset",
+    "stratified_split",
     "write_idx",
 ]

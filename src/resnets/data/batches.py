@@ -1,38 +1,76 @@
-"""Training batches built on the device from a data set kept there whole, as uint8."""
+"""Training batches built on the device from uint8 images: shuffled, augmented, normalised.
+
+A data set that fits in the memory budget goes to the device once, whole. One that does not
+stays in its memory-mapped cache, and each batch's rows are gathered from it on a background
+thread; both paths yield the same batches, bit for bit, since the order and the augmentation
+draws depend only on (seed, epoch).
+"""
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from resnets.data.augment import cutmix, mixup, one_hot, random_resized_crop
+from resnets.data.datasets import Split
+from resnets.data.spec import DataSpec
 from resnets.errors import UsageError
 
-# Fashion-MNIST training-set pixel mean and standard deviation on the [0, 1] scale.
-MEAN, STD = 0.2860, 0.3530
-
-AUGMENTATIONS = ("none", "flip", "crop", "crop+flip", "erase", "crop+flip+erase")
+# The parts an --augment value joins with "+", in the order they are applied. crop, flip and
+# erase work on the uint8 images at their stored size (cheaper); rrc replaces the resize;
+# mixup and cutmix mix the float batch and its labels (soft targets) last.
+AUGMENTATIONS = ("crop", "flip", "erase", "rrc", "mixup", "cutmix")
+MIX = ("mixup", "cutmix")
 
 # Random erasing (Zhong et al. 2017, arXiv:1708.04896): probability, area fraction, aspect ratio.
 ERASE_P, ERASE_AREA, ERASE_ASPECT = 0.5, (0.02, 0.4), (0.3, 1 / 0.3)
+# Beta(alpha, alpha) of mixup (Zhang et al. 2018 use 0.2 on ImageNet) and CutMix (Yun et al.
+# 2019 use 1.0).
+MIXUP_ALPHA, CUTMIX_ALPHA = 0.2, 1.0
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def parse_augment(text: str) -> tuple[str, ...]:
+    """`"crop+flip"` -> ("crop", "flip"); "none" or "" -> (). Unknown or clashing parts raise."""
+    if text in ("", "none"):
+        return ()
+    parts = tuple(text.split("+"))
+    unknown = [p for p in parts if p not in AUGMENTATIONS]
+    if unknown:
+        raise UsageError(
+            f"unknown augmentation {unknown[0]!r} in {text!r}; join any of "
+            f"{', '.join(AUGMENTATIONS)} with '+', or use none"
+        )
+    if len(set(parts)) != len(parts):
+        raise UsageError(f"augmentation {text!r} names a part twice")
+    if "crop" in parts and "rrc" in parts:
+        raise UsageError(f"augmentation {text!r}: use crop (shift) or rrc (resized crop), not both")
+    return tuple(p for p in AUGMENTATIONS if p in parts)
 
 
 class DeviceBatches:
-    """Shuffled, augmented, resized and normalised batches of images held on `device`.
+    """Shuffled, augmented, resized and normalised batches of a split, built on `device`.
 
     There is no DataLoader and no worker process: per-image host work dominated the chapter's
-    run, while batched tensor ops on the device are measurably faster. The uint8 images
-    (47 MB for Fashion-MNIST) go to the device once; each batch becomes float there.
-    An epoch's batches depend only on (seed, epoch), so they can be reproduced bit for bit.
+    run, while batched tensor ops on the device are measurably faster. With `stream=False` the
+    uint8 images (47 MB for Fashion-MNIST) go to the device once; with `stream=True` they stay
+    where they are (a memory-mapped cache) and each batch is gathered on a background thread.
+    Labels are int64, or soft targets (N, classes) when mixup or CutMix is on.
     """
 
     def __init__(
         self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
+        images: torch.Tensor | Split,
+        labels: torch.Tensor | None = None,
         *,
+        spec: DataSpec,
         batch_size: int,
         image_size: int,
         device: torch.device | str = "cpu",
@@ -42,70 +80,132 @@ class DeviceBatches:
         channels_last: bool = False,
         drop_last: bool = False,
         dtype: torch.dtype = torch.float32,
+        stream: bool = False,
+        prefetch: int = 2,
     ) -> None:
-        if augment not in AUGMENTATIONS:
-            raise UsageError(f"unknown augmentation {augment!r}; use one of {AUGMENTATIONS}")
+        split = images if isinstance(images, Split) else Split(images, labels)  # type: ignore[arg-type]
+        self.augment = parse_augment(augment)
         if batch_size < 1 or image_size < 1:
             raise UsageError(
                 f"batch size and image size must be at least 1: {batch_size}, {image_size}"
             )
-        if images.dim() == 3:
-            images = images.unsqueeze(1)
-        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 1:
+        if "flip" in self.augment and not spec.mirror_ok:
+            raise UsageError(f"{spec.name}: a mirror image changes the label; drop flip")
+        source = split.images.unsqueeze(1) if split.images.dim() == 3 else split.images
+        if source.dtype != torch.uint8 or source.dim() != 4 or source.shape[1] != spec.channels:
             raise UsageError(
-                f"images must be uint8 (N, H, W) or (N, 1, H, W), got "
-                f"{images.dtype} {tuple(images.shape)}"
+                f"{spec.name}: images must be uint8 (N, {spec.channels}, H, W), got "
+                f"{source.dtype} {tuple(source.shape)}"
             )
-        if len(labels) != len(images):
-            raise UsageError(f"{len(images)} images but {len(labels)} labels")
-        self.device = torch.device(device)
-        self.images = images.to(self.device).contiguous()
-        self.labels = labels.to(self.device, torch.long)
+        if split.rows is None and len(split.labels) != len(source):
+            raise UsageError(f"{len(source)} images but {len(split.labels)} labels")
+        self.spec, self.device = spec, torch.device(device)
+        self.stream = stream
+        if stream:
+            self.source, self.rows = source, split.rows
+            self.images = None
+        else:
+            pixels = source if split.rows is None else source[split.rows]
+            self.images = pixels.to(self.device).contiguous()
+        self.count = len(split.labels)
+        self.labels = split.labels.to(self.device, torch.long)
         self.batch_size, self.image_size = batch_size, image_size
-        self.shuffle, self.augment, self.seed = shuffle, augment, seed
+        self.shuffle, self.seed, self.prefetch = shuffle, seed, prefetch
         self.channels_last, self.drop_last, self.dtype = channels_last, drop_last, dtype
-        self.pad = max(1, round(images.shape[2] / 14))  # 2 px at 28 x 28
+        self.pad = spec.pad
+        # Python floats -> float32 exactly as a scalar operand would be, so 1-channel batches
+        # are bitwise those of the scalar normalisation this replaced.
+        self.shift = torch.tensor([255 * m for m in spec.mean], dtype=dtype, device=self.device)
+        self.scale = torch.tensor([1 / (255 * s) for s in spec.std], dtype=dtype, device=self.device)
 
     def __len__(self) -> int:
         """Batches per epoch."""
-        full, rest = divmod(len(self.images), self.batch_size)
+        full, rest = divmod(self.count, self.batch_size)
         return full + (rest > 0 and not self.drop_last)
 
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, epoch: int) -> Iterator[Batch]:
         """Yield (images, labels) batches for `epoch`, the same ones each time it is asked for."""
         cpu = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         aug_seed = int(torch.randint(2**62, (1,), generator=cpu))
         generator = torch.Generator(self.device).manual_seed(aug_seed)
-        order = None
-        if self.shuffle:
-            order = torch.randperm(len(self.images), generator=cpu).to(self.device)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            span = slice(start, start + self.batch_size)
-            index = span if order is None else order[span]
-            yield self._prepare(self.images[index], generator), self.labels[index]
+        mix_rng = np.random.default_rng(aug_seed)
+        order = torch.randperm(self.count, generator=cpu) if self.shuffle else None
+        spans = [
+            slice(start, start + self.batch_size)
+            for start in range(0, len(self) * self.batch_size, self.batch_size)
+        ]
+        if self.stream:
+            pixels = self._gathered(spans, order)
+        else:
+            device_order = None if order is None else order.to(self.device)
+            pixels = (self.images[s if device_order is None else device_order[s]] for s in spans)
+        for span, batch in zip(spans, pixels, strict=True):
+            index = span if order is None else order[span].to(self.device)
+            yield self._prepare(batch, self.labels[index], generator, mix_rng)
 
-    def _prepare(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Augment at native size (cheaper), then make float, normalise and resize."""
+    def _gathered(self, spans: list[slice], order: torch.Tensor | None) -> Iterator[torch.Tensor]:
+        """Each span's images read from the source on a background thread, `prefetch` ahead."""
+
+        def gather(span: slice) -> torch.Tensor:
+            index = torch.arange(self.count)[span] if order is None else order[span]
+            rows = index if self.rows is None else self.rows[index]
+            return self.source[rows].to(self.device)
+
+        with ThreadPoolExecutor(1, thread_name_prefix="resnets-gather") as pool:
+            pending: deque[Future[torch.Tensor]] = deque()
+            upcoming = iter(spans)
+            for span in upcoming:
+                pending.append(pool.submit(gather, span))
+                if len(pending) > self.prefetch:
+                    break
+            while pending:
+                batch = pending.popleft().result()
+                following = next(upcoming, None)
+                if following is not None:
+                    pending.append(pool.submit(gather, following))
+                yield batch
+
+    def _prepare(
+        self,
+        batch: torch.Tensor,
+        labels: torch.Tensor,
+        generator: torch.Generator,
+        mix_rng: np.random.Generator,
+    ) -> Batch:
+        """Augment at stored size (cheaper), make float, normalise, resize, then mix."""
         if "crop" in self.augment:
             batch = self._crop(batch, generator)
         if "flip" in self.augment:
             batch = self._flip(batch, generator)
         if "erase" in self.augment:
             batch = self._erase(batch, generator)
-        x = batch.to(self.dtype).sub_(255 * MEAN).mul_(1 / (255 * STD))
-        size = x.shape[-1]
-        if (x.shape[-2], size) != (self.image_size, self.image_size):
+        x = batch.to(self.dtype).sub_(self.shift.view(1, -1, 1, 1))
+        x = x.mul_(self.scale.view(1, -1, 1, 1))
+        if "rrc" in self.augment:
+            x = random_resized_crop(x, self.image_size, generator)
+        elif x.shape[-2:] != (self.image_size, self.image_size):
             x = F.interpolate(
                 x,
                 size=(self.image_size, self.image_size),
                 mode="bilinear",
                 align_corners=False,
-                antialias=self.image_size < size,
+                antialias=self.image_size < x.shape[-1],
             )
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        targets: torch.Tensor = labels
+        mixes = [m for m in MIX if m in self.augment]
+        if mixes:
+            # With both, each batch is one or the other, as timm's switch probability of 0.5.
+            which = mixes[0] if len(mixes) == 1 else mixes[int(mix_rng.random() < 0.5)]
+            soft = one_hot(labels, self.spec.num_classes, dtype=x.dtype)
+            if which == "mixup":
+                x, targets = mixup(x, soft, MIXUP_ALPHA, mix_rng)
+            else:
+                x, targets = cutmix(x, soft, CUTMIX_ALPHA, mix_rng, generator)
+        x = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        return x, targets
 
     def _crop(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Shift each image by up to `pad` pixels each way, filling with background zeros."""
+        """Shift each image by up to `pad` pixels each way, filling with zeros (black)."""
         n, _, h, w = batch.shape
         pad = self.pad
         padded = F.pad(batch, (pad, pad, pad, pad))
@@ -113,7 +213,7 @@ class DeviceBatches:
         rows = torch.arange(h, device=self.device).view(1, h, 1) + dy
         cols = torch.arange(w, device=self.device).view(1, 1, w) + dx
         which = torch.arange(n, device=self.device).view(n, 1, 1)
-        return padded[which, 0, rows, cols].unsqueeze(1)
+        return padded[which, :, rows, cols].permute(0, 3, 1, 2)
 
     def _flip(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Mirror each image left to right with probability one half."""

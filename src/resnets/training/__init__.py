@@ -1,17 +1,20 @@
-"""Training and evaluation on Fashion-MNIST: config, loop, checkpoints, memory fallback."""
+"""Training and evaluation: settings, the parts of a run and the factory that builds them."""
 
 from resnets.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from resnets.training.config import RECIPES, TrainConfig, make_config
-from resnets.training.evaluate import evaluate
-from resnets.training.loop import (
-    Diverged,
-    Interrupted,
-    Trainer,
+from resnets.training.evaluate import evaluate, evaluate_checkpoint
+from resnets.training.factory import (
+    build_batches,
     build_model,
-    evaluate_checkpoint,
-    learning_rate,
+    build_trainer,
+    load_data,
+    resume_trainer,
 )
+from resnets.training.loop import Diverged, Interrupted, Trainer
 from resnets.training.memory import MemoryFallback, is_out_of_memory
+from resnets.training.recorder import RunFolder
+from resnets.training.schedule import learning_rate
+from resnets.training.step import train_step
 
 __all__ = [
     "RECIPES",
@@ -19,14 +22,20 @@ __all__ = [
     "Diverged",
     "Interrupted",
     "MemoryFallback",
+    "RunFolder",
     "TrainConfig",
     "Trainer",
+    "build_batches",
     "build_model",
+    "build_trainer",
     "evaluate",
     "evaluate_checkpoint",
     "is_out_of_memory",
     "learning_rate",
     "load_checkpoint",
+    "load_data",
     "make_config",
+    "resume_trainer",
     "save_checkpoint",
+    "train_step",
 ]

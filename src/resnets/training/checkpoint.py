@@ -1,4 +1,10 @@
-"""Checkpoints that are written atomically and hold everything needed to continue bit for bit."""
+"""Checkpoints that are written atomically and hold everything needed to continue bit for bit.
+
+Version 2 also holds what a reader needs without the training code: the model's name and
+keyword arguments (`create_model(state["model_name"], **state["model_kwargs"])`) and the data
+spec (classes, channels, size, statistics). Version 1 files (Fashion-MNIST only) are upgraded
+on loading.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ import torch
 from resnets.errors import ResnetsError
 
 FORMAT = "resnets-checkpoint"
-VERSION = 1
+VERSION = 2
 
 
 class CheckpointError(ResnetsError):
@@ -56,9 +62,30 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path}: truncated or not a checkpoint ({reason[:120]})") from error
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a resnets checkpoint (no '{FORMAT}' marker)")
+    if state.get("version") == 1:
+        state = upgrade_v1(state)
     if state.get("version") != VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {state.get('version')}, need {VERSION}")
+        raise CheckpointError(
+            f"{path}: checkpoint version {state.get('version')}; this resnets reads 1 and {VERSION}"
+        )
     return state
+
+
+def upgrade_v1(state: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 checkpoint (always Fashion-MNIST, 1 channel, 10 classes) as version 2."""
+    from resnets.data.mnist import FASHION_MNIST  # noqa: PLC0415
+
+    config = state["config"]
+    kwargs = {
+        "in_channels": 1, "num_classes": 10, "small_input": config.get("small_input", False),
+        "width": config.get("width", 1.0),
+        "zero_init_residual": config.get("zero_init_residual", False),
+    }  # fmt: skip
+    history = [{"val_loss": None, "val_acc": None, **row} for row in state.get("history", [])]
+    return {
+        **state, "version": VERSION, "model_name": config["model"], "model_kwargs": kwargs,
+        "data_spec": FASHION_MNIST.spec.to_dict(), "history": history,
+    }  # fmt: skip
 
 
 def find_checkpoint(path: str | Path, prefer: str = "last") -> Path:

@@ -7,6 +7,7 @@ Precedence, lowest first: defaults, `--recipe`, `--config FILE`, command-line fl
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -15,7 +16,8 @@ from typing import Any
 
 import yaml
 
-from resnets.data.batches import AUGMENTATIONS
+from resnets.data.batches import parse_augment
+from resnets.data.datasets import get_entry
 from resnets.errors import UsageError
 
 if sys.version_info >= (3, 11):
@@ -24,8 +26,10 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 OPTIMIZERS = ("sgd", "nesterov", "adamw")
-SCHEDULES = ("constant", "onecycle", "cosine")
+SCHEDULES = ("constant", "onecycle", "cosine", "step")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+LABELS = ("fine", "coarse")
+COLORS = ("auto", "gray", "rgb")
 
 
 def _setting(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -47,9 +51,17 @@ class TrainConfig:
     momentum: float | None = _setting(None, "momentum (default: 0 for sgd, 0.9 for nesterov)")
     weight_decay: float = _setting(0.0, "weight decay (not applied to BN and biases)")
     schedule: str = _setting("constant", "learning-rate schedule", SCHEDULES)
-    warmup_epochs: float = _setting(0.0, "linear warm-up, in epochs (cosine schedule)")
+    warmup_epochs: float = _setting(
+        0.0, "warm-up in epochs: linear (cosine), or at lr/10 (step)"
+    )
+    milestones: tuple[float, ...] = _setting(
+        (), "epochs after which the step schedule divides the learning rate by 10"
+    )
     label_smoothing: float = _setting(0.0, "label smoothing of the cross-entropy loss")
-    augment: str = _setting("none", "training augmentation, done in batch", AUGMENTATIONS)
+    augment: str = _setting(
+        "none", "training augmentation, parts joined with +: crop, flip, erase, rrc (random "
+        "resized crop), mixup, cutmix; or none"
+    )
     image_size: int = _setting(96, "side of the square input (28 keeps the native size)")
     small_input: bool = _setting(False, "3x3 stride-1 stem without max pool (for 28-32px)")
     width: float = _setting(1.0, "channel width multiplier of the model")
@@ -61,7 +73,21 @@ class TrainConfig:
     compile: bool = _setting(False, "torch.compile the model")
     device: str = _setting("auto", "auto, cpu, cuda, cuda:N or mps")
     seed: int = _setting(0, "seed for initialisation, shuffling and augmentation")
-    data_dir: str | None = _setting(None, "folder with the four Fashion-MNIST files")
+    dataset: str = _setting("fashion-mnist", "data set (see `resnets datasets`)")
+    data_dir: str | None = _setting(None, "where the data set's files are (see README)")
+    verify: bool = _setting(True, "check data files against their published digests")
+    val_fraction: float = _setting(
+        0.0, "hold out this share of each training class to choose the best epoch on"
+    )
+    labels: str = _setting("fine", "CIFAR-100 labels: fine (100) or coarse (20)", LABELS)
+    color: str = _setting("auto", "folder images: auto (from the data), gray or rgb", COLORS)
+    cache_size: int | None = _setting(
+        None, "folder images: side of the decoded cache (default: --image-size)"
+    )
+    memory_budget: str | None = _setting(
+        None, "memory the images may take before they are streamed from disk, e.g. 6GiB or "
+        "50%% (default: half the memory available)"
+    )
     out: str | None = _setting(None, "run folder (default runs/<timestamp>-<model>)")
     train_samples: int | None = _setting(None, "use only the first N training images")
     test_samples: int | None = _setting(None, "use only the first N test images")
@@ -79,8 +105,16 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         """Raise UsageError naming the first bad setting."""
         hints = typing.get_type_hints(TrainConfig)
+        if isinstance(self.milestones, list):
+            self.milestones = tuple(self.milestones)
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if f.name == "milestones":
+                if not isinstance(value, tuple) or not all(
+                    isinstance(m, int | float) and not isinstance(m, bool) for m in value
+                ):
+                    raise UsageError(f"milestones must be a list of epochs, not {value!r}")
+                continue
             allowed = typing.get_args(hints[f.name]) or (hints[f.name],)
             if float in allowed:
                 allowed = (*allowed, int)
@@ -93,7 +127,7 @@ class TrainConfig:
             if choices and value not in choices:
                 raise UsageError(f"{f.name} must be one of {', '.join(choices)}, not {value!r}")
         positive = ("epochs", "batch_size", "image_size", "eval_batch_size", "eval_every")
-        optional_positive = ("train_samples", "test_samples", "micro_batch")
+        optional_positive = ("train_samples", "test_samples", "micro_batch", "cache_size")
         for name in positive + optional_positive:
             value = getattr(self, name)
             if value is None and name in optional_positive:
@@ -106,6 +140,14 @@ class TrainConfig:
             raise UsageError(f"label_smoothing must be in [0, 1), not {self.label_smoothing}")
         if not 0 <= self.ema < 1:
             raise UsageError(f"ema must be in [0, 1), not {self.ema}")
+        if not 0 <= self.val_fraction < 1:
+            raise UsageError(f"val_fraction must be in [0, 1), not {self.val_fraction}")
+        if any(not math.isfinite(m) or m <= 0 for m in self.milestones):
+            raise UsageError(f"milestones must be positive epochs, not {self.milestones}")
+        if self.schedule == "step" and list(self.milestones) != sorted(self.milestones):
+            raise UsageError(f"milestones must be in increasing order: {self.milestones}")
+        parse_augment(self.augment)
+        get_entry(self.dataset)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -127,6 +169,17 @@ RECIPES: dict[str, dict[str, Any]] = {
         "weight_decay": 5e-4, "schedule": "onecycle", "label_smoothing": 0.1,
         "augment": "crop+flip+erase", "zero_init_residual": True, "tta": True, "ema": 0.999,
         "eval_every": 5,
+    },
+    # He et al. 2015, section 4.2: batch 128, SGD momentum 0.9, weight decay 1e-4, lr 0.1
+    # divided by 10 at 32k and 48k iterations, stop at 64k; pad 4, random 32x32 crop, mirror.
+    # At 391 steps per epoch (50,000 images) those are epochs 81.8, 122.8 and 163.7. The 400
+    # iterations at lr 0.01 are the paper's warm-up for ResNet-110; shallower nets take it too.
+    "cifar-paper": {
+        "dataset": "cifar10", "model": "cifar_resnet20", "image_size": 32, "epochs": 164,
+        "batch_size": 128, "optimizer": "sgd", "momentum": 0.9, "lr": 0.1,
+        "weight_decay": 1e-4, "schedule": "step", "milestones": (81.84, 122.76),
+        "warmup_epochs": 1.024, "augment": "crop+flip", "eval_batch_size": 1000,
+        "eval_every": 4,
     },
 }  # fmt: skip
 
@@ -155,6 +208,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UsageError(f"config file {path} must hold a table of settings")
     settings = {str(key).replace("-", "_"): value for key, value in data.items()}
+    if isinstance(settings.get("milestones"), list):
+        settings["milestones"] = tuple(settings["milestones"])
     unknown = sorted(set(settings) - set(field_names()))
     if unknown:
         raise UsageError(f"config file {path}: unknown setting(s) {', '.join(unknown)}")

@@ -1,16 +1,25 @@
-"""Test-set evaluation: loss, accuracy, per-class accuracy and the confusion matrix."""
+"""Evaluation of a split: loss, accuracy, per-class accuracy and the confusion matrix."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from resnets.data.spec import DataSpec
+from resnets.errors import DataError
+from resnets.models import create_model
+from resnets.training.checkpoint import find_checkpoint, load_checkpoint, run_dir_of
+from resnets.training.config import make_config
+from resnets.training.ema import averaged_weights
 from resnets.training.memory import MemoryFallback
-from resnets.training.runtime import autocast
+from resnets.training.plots import plot_confusion
+from resnets.training.runtime import Runtime, autocast
 
 
 def predict(
@@ -32,7 +41,7 @@ def evaluate(
     device: torch.device,
     precision: str = "fp32",
     tta: bool = False,
-    num_classes: int = 10,
+    num_classes: int,
     fallback: MemoryFallback | None = None,
 ) -> dict[str, Any]:
     """Mean cross-entropy, accuracy and the confusion matrix (rows: true class, cols: predicted).
@@ -63,9 +72,62 @@ def evaluate(
         raise ValueError("evaluation saw no images")
     per_class = matrix.diagonal() / matrix.sum(1).clamp(min=1)
     return {
-        "test_loss": float(loss_sum) / total,
-        "test_acc": float(matrix.diagonal().sum()) / total,
+        "loss": float(loss_sum) / total,
+        "acc": float(matrix.diagonal().sum()) / total,
         "per_class": per_class.tolist(),
         "confusion": matrix.tolist(),
         "images": total,
     }
+
+
+def evaluate_checkpoint(
+    path: str | Path, overrides: dict[str, Any] | None = None, confusion_png: bool = True
+) -> dict[str, Any]:
+    """Evaluate a run's best checkpoint (or a given checkpoint file) on its data set's test split.
+
+    Builds only what evaluation needs: the model from the checkpoint's name and keyword
+    arguments, and the test batches. `overrides` may set device, data_dir, test_samples,
+    eval_batch_size, tta and verify. Writes `confusion.png` into the run folder. Returns the
+    metrics of `evaluate` as test_loss/test_acc, `per_class` by class name, `checkpoint`,
+    `epoch` and `weights` ("ema" or "model").
+    """
+    from resnets.training import factory  # noqa: PLC0415 (factory imports the loop, which imports us)
+
+    file = find_checkpoint(path, "best")
+    state = load_checkpoint(file)
+    allowed = ("device", "data_dir", "test_samples", "eval_batch_size", "tta", "verify")
+    changes = {k: v for k, v in (overrides or {}).items() if k in allowed and v is not None}
+    config = make_config(overrides={**state["config"], **changes, "train_samples": 1,
+                                    "val_fraction": 0.0})  # fmt: skip
+    spec = DataSpec.from_dict(state["data_spec"])
+    runtime = Runtime.resolve(config.device, config.precision, config.channels_last)
+    data = factory.load_data(config, quiet=True)
+    if data.spec.classes != spec.classes:
+        raise DataError(
+            f"{file} was trained on classes {', '.join(spec.classes[:5])}... but the data set "
+            f"has {', '.join(data.spec.classes[:5])}...; point --data-dir at the data it was "
+            "trained on"
+        )
+    model = create_model(state["model_name"], **state["model_kwargs"])
+    weights = "ema" if state.get("ema") else "model"
+    model.load_state_dict(averaged_weights(state["ema"]) if state.get("ema") else state["model"])
+    model = model.to(runtime.device, memory_format=runtime.memory_format)
+    test = factory.build_batches(config, replace(data, val=None), runtime, quiet=True).test
+    metrics = evaluate(
+        model, test.epoch(0), device=runtime.device, precision=runtime.precision,
+        tta=config.tta and spec.mirror_ok, num_classes=spec.num_classes,
+    )  # fmt: skip
+    result = {
+        "test_loss": metrics["loss"], "test_acc": metrics["acc"],
+        "per_class": dict(zip(spec.classes, metrics["per_class"], strict=True)),
+        "confusion": metrics["confusion"], "images": metrics["images"],
+        "checkpoint": str(file), "epoch": state["position"]["epoch"], "weights": weights,
+        "dataset": spec.name,
+    }  # fmt: skip
+    if confusion_png:
+        title = f"{state['model_name']} on {spec.name}: test accuracy {100 * metrics['acc']:.2f}%"
+        result["confusion_png"] = str(
+            plot_confusion(metrics["confusion"], spec.classes, run_dir_of(file) / "confusion.png",
+                           title)  # fmt: skip
+        )
+    return result

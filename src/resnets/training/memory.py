@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import gc
+import math
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import torch
 
-from resnets.errors import ResnetsError
+from resnets.errors import ResnetsError, UsageError
 
 T = TypeVar("T")
 
@@ -67,3 +70,77 @@ class MemoryFallback:
                 f"per {what}"
                 + (", accumulating gradients over each batch" if what == "micro-batch" else "")
             )
+
+
+_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, "mb": 10**6,
+          "mib": 2**20, "g": 2**30, "gb": 10**9, "gib": 2**30, "t": 2**40, "tb": 10**12,
+          "tib": 2**40}  # fmt: skip
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def available_memory() -> int:
+    """Bytes this process may still take: the machine's available memory, or less where a
+    cgroup (a container or a job scheduler) limits the process."""
+    available = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    if available is None:
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    for limit_file, usage_file in (("memory.max", "memory.current"),
+                                   ("memory.limit_in_bytes", "memory.usage_in_bytes")):  # fmt: skip
+        for folder in _cgroup_folders():
+            limit, usage = _read_int(folder / limit_file), _read_int(folder / usage_file)
+            if limit is not None and usage is not None and limit < 2**60:
+                available = min(available, max(0, limit - usage))
+    return available
+
+
+def _cgroup_folders() -> list[Path]:
+    """This process's cgroup folders (v2 unified, v1 memory controller)."""
+    folders = []
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return folders
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            folders.append(Path("/sys/fs/cgroup") / path.lstrip("/"))
+        elif "memory" in controllers.split(","):
+            folders.append(Path("/sys/fs/cgroup/memory") / path.lstrip("/"))
+    return folders
+
+
+def parse_memory_budget(text: str | None, default_share: float = 0.5) -> int:
+    """Bytes from "6GiB", "500MB", "1e9" or "80%" (of the available memory); None: the default
+    share of the available memory."""
+    if text is None:
+        return int(default_share * available_memory())
+    raw = text.strip().lower().replace(" ", "")
+    try:
+        if raw.endswith("%"):
+            share = float(raw[:-1])
+            if not 0 < share <= 100:
+                raise ValueError
+            return int(share / 100 * available_memory())
+        number = raw.rstrip("kmgtib")
+        unit = raw[len(number) :]
+        value = float(number) * _UNITS[unit]
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError
+        return int(value)
+    except (ValueError, KeyError):
+        raise UsageError(
+            f"memory budget {text!r} is not a size; write e.g. 6GiB, 500MB or 80%"
+        ) from None

@@ -13,10 +13,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def plot_curves(history: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
-    """Loss (left) and accuracy (right) per epoch, training and test, in one PNG.
+    """Loss (left) and accuracy (right) per epoch, training, validation and test, in one PNG.
 
-    Rows whose test figures are None (epochs that were not evaluated) are left out of the test
-    curves.
+    Rows whose figures are None (epochs not evaluated, or no validation split) are left out of
+    those curves.
     """
     epochs = [row["epoch"] for row in history]
     tested = [row for row in history if row["test_acc"] is not None]
@@ -25,6 +25,12 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | Path, title: str 
     loss_ax.plot([r["epoch"] for r in tested], [r["test_loss"] for r in tested], "s-", label="test")
     loss_ax.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
     acc_ax.plot(epochs, [100 * r["train_acc"] for r in history], "o-", label="train")
+    validated = [row for row in history if row.get("val_acc") is not None]
+    if validated:
+        loss_ax.plot([r["epoch"] for r in validated], [r["val_loss"] for r in validated], "^-",
+                     label="validation")  # fmt: skip
+        acc_ax.plot([r["epoch"] for r in validated], [100 * r["val_acc"] for r in validated],
+                    "^-", label="validation")  # fmt: skip
     acc_ax.plot([r["epoch"] for r in tested], [100 * r["test_acc"] for r in tested], "s-",
                 label="test")  # fmt: skip
     if tested:

@@ -7,12 +7,37 @@ import ctypes
 import resource
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 import torch
 
 from resnets.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how a run computes, resolved from the settings and the hardware."""
+
+    device: torch.device
+    precision: str
+    channels_last: bool
+
+    @classmethod
+    def resolve(cls, device: str, precision: str, channels_last: bool | None) -> Runtime:
+        """`auto` choices made; fp16 on a CPU refused. On the CPU, malloc keeps freed memory."""
+        dev = resolve_device(device)
+        if dev.type == "cpu":
+            keep_freed_host_memory()  # no page faults on each step's activations
+        chosen = resolve_precision(precision, dev)
+        if chosen == "fp16" and dev.type == "cpu":
+            raise UsageError("fp16 autocast is for GPUs; on the CPU use --precision bf16 or fp32")
+        return cls(dev, chosen, resolve_channels_last(channels_last, dev, chosen))
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
 
 
 def resolve_device(name: str) -> torch.device:

@@ -1,0 +1,160 @@
+"""Builds the parts of a run from its settings: runtime, data, model, batches, run folder.
+
+`build_trainer(config)` assembles a Trainer from all of them; evaluation and benchmarks call
+only the builders they need (`load_data`, `build_model`, `build_batches`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from tqdm import tqdm
+
+from resnets.data.batches import DeviceBatches, parse_augment
+from resnets.data.datasets import DataOptions, Dataset, Split, load_dataset
+from resnets.data.spec import DataSpec
+from resnets.errors import UsageError
+from resnets.models import create_model
+from resnets.training.checkpoint import find_checkpoint, load_checkpoint, run_dir_of
+from resnets.training.config import TrainConfig, make_config
+from resnets.training.loop import Batches, Trainer
+from resnets.training.memory import parse_memory_budget
+from resnets.training.recorder import RunFolder, default_run_dir
+from resnets.training.runtime import Runtime, seeded
+
+# Settings that may change when a run is resumed; the rest define the run.
+RESUMABLE = ("epochs", "device", "data_dir", "micro_batch", "eval_batch_size", "eval_every",
+             "compile", "verify", "memory_budget")  # fmt: skip
+
+
+def notice(quiet: bool) -> Callable[[str], None]:
+    """Where a run's one-line notes go: above the progress bar, or nowhere when quiet."""
+    return (lambda _: None) if quiet else (lambda message: tqdm.write(f"note: {message}"))
+
+
+def data_options(config: TrainConfig, quiet: bool = False) -> DataOptions:
+    return DataOptions(
+        data_dir=config.data_dir, verify=config.verify, progress=not quiet,
+        labels=config.labels, color=config.color,
+        cache_size=config.cache_size or config.image_size, warn=notice(quiet),
+    )  # fmt: skip
+
+
+def load_data(config: TrainConfig, quiet: bool = False) -> Dataset:
+    """The configured data set with its subsets and validation hold-out."""
+    data = load_dataset(
+        config.dataset, data_options(config, quiet), train_samples=config.train_samples,
+        test_samples=config.test_samples, val_fraction=config.val_fraction, seed=config.seed,
+    )  # fmt: skip
+    for note in data.notes:
+        notice(quiet)(note)
+    return data
+
+
+def fit_to_data(config: TrainConfig, spec: DataSpec, quiet: bool = False) -> TrainConfig:
+    """The settings with mirroring dropped where a mirror image changes the label (digits)."""
+    if spec.mirror_ok:
+        return config
+    parts = parse_augment(config.augment)
+    if "flip" not in parts and not config.tta:
+        return config
+    notice(quiet)(f"{spec.name}: a mirrored image is not the same class, so no flip and no TTA")
+    kept = "+".join(p for p in parts if p != "flip") or "none"
+    return dataclasses.replace(config, augment=kept, tta=False)
+
+
+def model_kwargs(config: TrainConfig, spec: DataSpec) -> dict[str, Any]:
+    """The keyword arguments of `create_model` for this run: they go into every checkpoint."""
+    return {
+        "in_channels": spec.channels, "num_classes": spec.num_classes,
+        "small_input": config.small_input, "width": config.width,
+        "zero_init_residual": config.zero_init_residual,
+    }  # fmt: skip
+
+
+def build_model(config: TrainConfig, spec: DataSpec, runtime: Runtime | None = None) -> nn.Module:
+    """The configured network for the data, initialised from the run's seed, on the device."""
+    with seeded(config.seed):
+        model = create_model(config.model, **model_kwargs(config, spec))
+    if runtime is not None:
+        model = model.to(runtime.device, memory_format=runtime.memory_format)
+    return model
+
+
+def build_batches(
+    config: TrainConfig, data: Dataset, runtime: Runtime, quiet: bool = False
+) -> Batches:
+    """Batches of every split; images beyond the memory budget are streamed from disk."""
+    splits = [s for s in (data.train, data.val, data.test) if s is not None]
+    needed = sum(s.nbytes() for s in splits)
+    budget = parse_memory_budget(config.memory_budget)
+    stream = needed > budget
+    if stream:
+        notice(quiet)(
+            f"the images take {needed / 2**30:.2f} GiB, more than the memory budget of "
+            f"{budget / 2**30:.2f} GiB: batches are read from disk as they are needed"
+        )
+
+    def batches(split: Split, train: bool) -> DeviceBatches:
+        return DeviceBatches(
+            split, spec=data.spec, batch_size=config.batch_size if train else config.eval_batch_size,
+            image_size=config.image_size, device=runtime.device, shuffle=train,
+            augment=config.augment if train else "none", seed=config.seed,
+            channels_last=runtime.channels_last, stream=stream,
+        )  # fmt: skip
+
+    return Batches(
+        train=batches(data.train, True),
+        test=batches(data.test, False),
+        val=None if data.val is None else batches(data.val, False),
+    )
+
+
+def build_trainer(
+    config: TrainConfig,
+    *,
+    data: Dataset | None = None,
+    run_dir: str | Path | None = None,
+    log: Callable[[str], None] = print,
+    quiet: bool = False,
+    on_step: Callable[[Trainer, int], None] | None = None,
+) -> Trainer:
+    """A Trainer with every part built from `config` (or `data` given in memory)."""
+    config = config.validate()
+    runtime = Runtime.resolve(config.device, config.precision, config.channels_last)
+    data = data or load_data(config, quiet)
+    config = fit_to_data(config, data.spec, quiet)
+    model = build_model(config, data.spec, runtime)
+    return Trainer(
+        config, runtime=runtime, model=model, model_kwargs=model_kwargs(config, data.spec),
+        spec=data.spec, batches=build_batches(config, data, runtime, quiet),
+        folder=RunFolder(run_dir or config.out or default_run_dir(config.model)),
+        log=log, quiet=quiet, on_step=on_step,
+    )  # fmt: skip
+
+
+def resume_trainer(
+    run_dir: str | Path, overrides: dict[str, Any] | None = None, **kwargs: Any
+) -> Trainer:
+    """Continue the run in `run_dir` (or from a checkpoint file) from its last checkpoint.
+
+    Only the settings in RESUMABLE may be changed; `epochs` is the new total.
+    """
+    path = find_checkpoint(run_dir, "last")
+    state = load_checkpoint(path)
+    saved = state["config"]
+    changes = {k: v for k, v in (overrides or {}).items() if v is not None and v != saved.get(k)}
+    fixed = sorted(set(changes) - set(RESUMABLE))
+    if fixed:
+        raise UsageError(
+            f"cannot change {', '.join(fixed)} when resuming; only {', '.join(RESUMABLE)} may "
+            "change (start a new run for the rest)"
+        )
+    config = make_config(overrides={**saved, **changes})
+    trainer = build_trainer(config, run_dir=run_dir_of(path), **kwargs)
+    trainer.load_state_dict(state)
+    return trainer
