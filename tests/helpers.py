@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-from resnets.data import Dataset, write_idx
-from resnets.data import fashion_mnist as fm
+from resnets.data import FASHION_MNIST, Dataset, write_idx
 from resnets.data.idx import idx_payload_sha256
 
 # A tiny network and small images: every training test runs in seconds on 2 cores.
@@ -35,20 +34,22 @@ def separable(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 def synthetic_dataset(n_train: int = 600, n_test: int = 200) -> Dataset:
     train_images, train_labels = separable(n_train, seed=1)
     test_images, test_labels = separable(n_test, seed=2)
-    return Dataset(train_images, train_labels, test_images, test_labels)
+    return Dataset.from_tensors(
+        FASHION_MNIST.spec, train_images, train_labels, test_images, test_labels
+    )
 
 
 def write_dataset(directory: Path, data: Dataset, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Write `data` as the four IDX files and make them the ones whose hashes are expected."""
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {
-        "train-images-idx3-ubyte": data.train_images,
-        "train-labels-idx1-ubyte": data.train_labels.to(torch.uint8),
-        "t10k-images-idx3-ubyte": data.test_images,
-        "t10k-labels-idx1-ubyte": data.test_labels.to(torch.uint8),
+        "train-images-idx3-ubyte": data.train.images.squeeze(1),
+        "train-labels-idx1-ubyte": data.train.labels.to(torch.uint8),
+        "t10k-images-idx3-ubyte": data.test.images.squeeze(1),
+        "t10k-labels-idx1-ubyte": data.test.labels.to(torch.uint8),
     }
     for stem, tensor in tensors.items():
         write_idx(directory / f"{stem}.gz", tensor)
     hashes = {stem: idx_payload_sha256(directory / f"{stem}.gz") for stem in tensors}
-    monkeypatch.setattr(fm, "FILES", hashes)
+    monkeypatch.setattr(FASHION_MNIST, "sha256", hashes)
     return directory

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from resnets.cli import main
-from resnets.data import fashion_mnist as fm
+from resnets.data import FASHION_MNIST
 from resnets.training import Interrupted, Trainer
 
 from helpers import TINY, synthetic_dataset, write_dataset
@@ -27,7 +27,7 @@ def flags(settings: dict) -> list[str]:
 @pytest.fixture
 def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A synthetic data set on disk; the real system copy, cache and network are out of reach."""
-    monkeypatch.setattr(fm, "SYSTEM_DIR", tmp_path / "no-system-copy")
+    monkeypatch.setattr(FASHION_MNIST, "system_dir", tmp_path / "no-system-copy")
     monkeypatch.setenv("RESNETS_DATA", str(tmp_path / "empty-cache"))
     monkeypatch.setattr(urllib.request, "urlopen", _offline)
     return write_dataset(tmp_path / "data", synthetic_dataset(), monkeypatch)
@@ -55,7 +55,7 @@ def test_train_then_eval(
     )
     assert code == 0, err
     lines = out.strip().splitlines()
-    assert lines[0].startswith("training cifar_resnet20 on cpu (fp32)")
+    assert lines[0].startswith("training cifar_resnet20 on fashion-mnist on cpu (fp32)")
     assert (
         lines[1].startswith("epoch 1, loss ") and "test acc" in lines[1] and "images/s" in lines[1]
     )
@@ -65,7 +65,7 @@ def test_train_then_eval(
     assert code == 0, err
     result = json.loads(out)
     assert {"test_acc", "test_loss", "per_class"} <= set(result)
-    assert list(result["per_class"]) == list(fm.CLASSES)
+    assert list(result["per_class"]) == list(FASHION_MNIST.spec.classes)
     assert result["test_acc"] == json.loads((out_dir / "summary.json").read_text())["best_test_acc"]
     assert (out_dir / "confusion.png").read_bytes()[:4] == b"\x89PNG"
 

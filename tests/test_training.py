@@ -20,13 +20,15 @@ from resnets.training import (
     Diverged,
     Interrupted,
     Trainer,
+    build_trainer,
     learning_rate,
     load_checkpoint,
     make_config,
+    resume_trainer,
     save_checkpoint,
 )
 from resnets.training import checkpoint as checkpoint_module
-from resnets.training.loop import METRICS
+from resnets.training.recorder import METRICS
 
 from helpers import TINY, synthetic_dataset
 
@@ -35,7 +37,7 @@ DATA = synthetic_dataset()
 
 def trainer(tmp_path: Path, name: str = "run", **settings: Any) -> Trainer:
     config = make_config(overrides={**TINY, **settings})
-    return Trainer(config, data=DATA, run_dir=tmp_path / name, quiet=True, log=lambda _: None)
+    return build_trainer(config, data=DATA, run_dir=tmp_path / name, quiet=True, log=lambda _: None)
 
 
 def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -57,7 +59,7 @@ def test_training_learns_and_writes_the_run_folder(tmp_path: Path) -> None:
         rows = list(csv.DictReader(file))
     assert tuple(rows[0]) == METRICS and [int(r["epoch"]) for r in rows] == [1, 2, 3]
     for row in rows:  # an epoch's seconds cover its training and its evaluation
-        train_seconds = len(DATA.train_labels) / float(row["images_per_sec"])
+        train_seconds = len(DATA.train) / float(row["images_per_sec"])
         assert float(row["seconds"]) > train_seconds
     saved = json.loads((folder / "summary.json").read_text())
     assert saved["epochs"] == 3 and saved["device"] == "cpu" and saved["peak_memory_bytes"] > 0
@@ -70,7 +72,7 @@ def test_resume_is_bitwise_identical(tmp_path: Path) -> None:
     straight.fit()
     first = trainer(tmp_path, "resumed", epochs=1, augment="crop+flip")
     first.fit()
-    resumed = Trainer.resume(tmp_path / "resumed", {"epochs": 2}, data=DATA, quiet=True)
+    resumed = resume_trainer(tmp_path / "resumed", {"epochs": 2}, data=DATA, quiet=True)
     resumed.fit()
     assert_same_weights(straight.model.state_dict(), resumed.model.state_dict())
     assert straight.history[-1]["train_loss"] == resumed.history[-1]["train_loss"]
@@ -94,7 +96,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resumes_mid_epoch(tmp_path: Path) -> None
     state = load_checkpoint(tmp_path / "interrupted" / "checkpoints" / "last.pt")
     assert state["position"]["epoch"] == 1 and state["position"]["batch"] == 5
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
-    resumed = Trainer.resume(tmp_path / "interrupted", data=DATA, quiet=True)
+    resumed = resume_trainer(tmp_path / "interrupted", data=DATA, quiet=True)
     resumed.fit()
     assert_same_weights(straight.model.state_dict(), resumed.model.state_dict())
 
@@ -117,7 +119,7 @@ def test_out_of_memory_falls_back_to_micro_batches(tmp_path: Path) -> None:
     optimizer_step = run.optimizer.step
     run.optimizer.step = lambda *a, **k: steps.append(1) or optimizer_step(*a, **k)
     run.fit()
-    assert len(steps) == len(run.train_batches) == 12  # one optimizer step per batch of 50
+    assert len(steps) == len(run.batches.train) == 12  # one optimizer step per batch of 50
     assert run.fallback.size == 12 and max(s for s in sizes if s != 100) <= 16
     assert len(notices) == 2  # 50 -> 25 -> 12, said once each
     assert "accumulating gradients" in notices[0]
@@ -184,7 +186,7 @@ def test_bad_checkpoints_are_named(tmp_path: Path, content: bytes | None, messag
 def test_resume_refuses_to_change_what_defines_the_run(tmp_path: Path) -> None:
     trainer(tmp_path, epochs=1).fit()
     with pytest.raises(UsageError, match="cannot change model"):
-        Trainer.resume(tmp_path / "run", {"model": "resnet18"}, data=DATA, quiet=True)
+        resume_trainer(tmp_path / "run", {"model": "resnet18"}, data=DATA, quiet=True)
 
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine", "onecycle"])
@@ -205,7 +207,7 @@ def test_learning_rate_schedules(schedule: str) -> None:
 def test_ema_follows_the_model_early_and_averages_later() -> None:
     from torch.optim.swa_utils import AveragedModel
 
-    from resnets.training.loop import ema_with_warmup
+    from resnets.training.ema import ema_with_warmup
 
     model = torch.nn.Linear(1, 1, bias=False)
     ema = AveragedModel(model, multi_avg_fn=ema_with_warmup(0.999), use_buffers=True)
