@@ -172,6 +172,8 @@ def test_shapes_and_dtype(tmp_path: Path, size: int, color: str, channels: int) 
         ("rgba.png", Image.new("RGBA", (30, 20), (*RED, 255)), {}, RED, 0),
         ("clear.png", Image.new("RGBA", (30, 20), (*BLUE, 0)), {}, BLUE, 0),  # alpha dropped
         ("pal.png", Image.new("RGB", (20, 30), GREEN).quantize(4), {}, GREEN, 0),
+        ("pal-clear.png", Image.new("RGB", (9, 9), RED).quantize(4), {"transparency": 0}, RED, 0),
+        ("la.png", Image.new("LA", (9, 9), (200, 0)), {}, (200, 200, 200), 0),
         ("cmyk.jpg", Image.new("CMYK", (24, 24), (0, 255, 255, 0)), {"quality": 95}, RED, 3),
         ("photo.jpg", Image.new("RGB", (400, 300), RED), {"quality": 95}, RED, 3),  # draft
         ("lossless.webp", Image.new("RGB", (20, 30), RED), {"lossless": True}, RED, 0),

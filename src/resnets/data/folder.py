@@ -406,6 +406,7 @@ def _check_readable(split: _Split, labels: list[int], skipped: list[str]) -> Non
 
 def _temp_path(cache: Path, name: str) -> Path:
     fd, tmp = tempfile.mkstemp(dir=cache, prefix=f"{name}.", suffix=".tmp")
+    os.fchmod(fd, 0o644)  # mkstemp's 0o600 would hide a cache in a shared folder from others
     os.close(fd)
     return Path(tmp)
 
@@ -486,10 +487,8 @@ def _decode(path: Path, size: int, channels: int) -> np.ndarray | None:
 
 
 def _convert(image: Image.Image, channels: int) -> Image.Image:
-    """`image` in mode "L" or "RGB": alpha dropped, palettes expanded, 16 bits scaled to 8."""
+    """`image` in mode "L" or "RGB": alpha dropped, palettes looked up, 16 bits scaled to 8."""
     if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
         levels = np.asarray(image, dtype=np.float64) / 257
         image = Image.fromarray(np.clip(np.rint(levels), 0, 255).astype(np.uint8))
-    elif image.mode in ("P", "PA"):
-        image = image.convert("RGBA")
     return image.convert("L" if channels == 1 else "RGB")
