@@ -29,9 +29,11 @@ run: $(VENV)/.installed data
 	$(VENV)/bin/resnets train $(RUN_ARGS)
 
 # `data` lets the one test that uses the real files run too; without them it is skipped.
+# Lint, type-check the library, then the suite with a coverage summary.
 test: $(VENV)/.installed data
 	$(VENV)/bin/ruff check src tests benchmarks
-	$(PY) -m pytest -q
+	$(VENV)/bin/mypy
+	$(PY) -m pytest -q --cov --cov-report=term
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import torch
+from torch import nn
 
 from resnets.data import DataNotFoundError, Dataset, load_dataset
 from resnets.data.datasets import get_entry
@@ -49,7 +50,8 @@ def bench_data(config: TrainConfig, images: int) -> tuple[Dataset, str]:
         shape = (images, spec.channels, spec.size, spec.size)
         pixels = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
         labels = torch.randint(0, spec.num_classes, (images,), generator=g)
-        return Dataset.from_tensors(spec, pixels, labels, pixels.clone(), labels.clone()), "synthetic"
+        data = Dataset.from_tensors(spec, pixels, labels, pixels.clone(), labels.clone())
+        return data, "synthetic"
 
 
 def benchmark(
@@ -87,13 +89,16 @@ def benchmark(
     data, source = bench_data(config, batch_size * (warmup + steps))
     runtime = Runtime.resolve(config.device, config.precision, config.channels_last)
     config = fit_to_data(config, data.spec, quiet=True)
-    model = build_model(config, data.spec, runtime)
-    step_model = torch.compile(model) if compile else model
+    network = build_model(config, data.spec, runtime)
+    step_model: nn.Module = (
+        torch.compile(network) if compile else network  # type: ignore[assignment]
+    )
     batches = build_batches(config, data, runtime, quiet=True)
-    optimizer = build_optimizer(model, config)
+    optimizer = build_optimizer(network, config)
+    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.precision == "fp16")
     parts = StepParts(
-        model, step_model, optimizer, torch.amp.GradScaler(runtime.device.type, enabled=runtime.precision == "fp16"),
-        MemoryFallback(None, lambda _: None), None, runtime.device, runtime.precision,
+        network, step_model, optimizer, scaler, MemoryFallback(None, lambda _: None), None,
+        runtime.device, runtime.precision,
     )  # fmt: skip
     dev = runtime.device
 
@@ -108,14 +113,14 @@ def benchmark(
         return time.perf_counter() - start
 
     reset_peak_memory(dev)
-    model.train()
+    network.train()
     train_seconds = timed(batches.train.epoch(0), lambda b: train_step(parts, *b))
     eval_seconds = timed(
         batches.test.epoch(0),
         lambda b: evaluate(step_model, [b], device=dev, precision=runtime.precision,
                            num_classes=data.spec.num_classes),  # fmt: skip
     )
-    macs = count_macs(model, (data.spec.channels, image_size, image_size))
+    macs = count_macs(network, (data.spec.channels, image_size, image_size))
     train_rate = steps * batch_size / train_seconds
     return {
         "model": model,

@@ -8,12 +8,13 @@ import json
 import sys
 import typing
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from resnets.bench import benchmark
+from resnets.data import DataOptions, describe, list_datasets
 from resnets.errors import ResnetsError, UsageError
 from resnets.models import create_model, default_input_size, list_models
 from resnets.summary import count_params, format_count, format_summary, summarize
-from resnets.data import DataOptions, describe, list_datasets
 from resnets.training import (
     TrainConfig,
     build_trainer,
@@ -30,17 +31,18 @@ def _models(args: argparse.Namespace) -> int:
     rows = []
     for name in list_models():
         model = create_model(name)
-        row = {"name": name, "params": count_params(model), "input_size": default_input_size(name)}
+        size = default_input_size(name)
+        row: dict[str, Any] = {"name": name, "params": count_params(model), "input_size": size}
         if args.macs:
-            row["macs"] = summarize(model, row["input_size"])["macs"]
+            row["macs"] = summarize(model, size)["macs"]
         rows.append(row)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     for row in rows:
-        size = "x".join(map(str, row["input_size"]))
+        shape = "x".join(map(str, row["input_size"]))
         macs = f"  {format_count(row['macs']):>8} MACs" if "macs" in row else ""
-        print(f"{row['name']:<26} {row['params']:>12,} params{macs}  at {size}")
+        print(f"{row['name']:<26} {row['params']:>12,} params{macs}  at {shape}")
     return 0
 
 

@@ -101,9 +101,11 @@ class DeviceBatches:
             raise UsageError(f"{len(source)} images but {len(split.labels)} labels")
         self.spec, self.device = spec, torch.device(device)
         self.stream = stream
+        self.source: torch.Tensor | None = None
+        self.rows: torch.Tensor | None = None
+        self.images: torch.Tensor | None = None
         if stream:
             self.source, self.rows = source, split.rows
-            self.images = None
         else:
             pixels = source if split.rows is None else source[split.rows]
             self.images = pixels.to(self.device).contiguous()
@@ -116,7 +118,8 @@ class DeviceBatches:
         # Python floats -> float32 exactly as a scalar operand would be, so 1-channel batches
         # are bitwise those of the scalar normalisation this replaced.
         self.shift = torch.tensor([255 * m for m in spec.mean], dtype=dtype, device=self.device)
-        self.scale = torch.tensor([1 / (255 * s) for s in spec.std], dtype=dtype, device=self.device)
+        inverse = [1 / (255 * s) for s in spec.std]
+        self.scale = torch.tensor(inverse, dtype=dtype, device=self.device)
 
     def __len__(self) -> int:
         """Batches per epoch."""
@@ -138,7 +141,9 @@ class DeviceBatches:
             pixels = self._gathered(spans, order)
         else:
             device_order = None if order is None else order.to(self.device)
-            pixels = (self.images[s if device_order is None else device_order[s]] for s in spans)
+            images = self.images
+            assert images is not None
+            pixels = (images[s if device_order is None else device_order[s]] for s in spans)
         for span, batch in zip(spans, pixels, strict=True):
             index = span if order is None else order[span].to(self.device)
             yield self._prepare(batch, self.labels[index], generator, mix_rng)
@@ -149,6 +154,7 @@ class DeviceBatches:
         def gather(span: slice) -> torch.Tensor:
             index = torch.arange(self.count)[span] if order is None else order[span]
             rows = index if self.rows is None else self.rows[index]
+            assert self.source is not None
             return self.source[rows].to(self.device)
 
         with ThreadPoolExecutor(1, thread_name_prefix="resnets-gather") as pool:

@@ -328,9 +328,10 @@ def _members(
     try:
         with tarfile.open(source, "r|*") as tar:
             for member in tar:
-                file = names.get(member.name.removeprefix("./"))
-                if file is None or file not in left or not member.isfile():
+                found = names.get(member.name.removeprefix("./"))
+                if found is None or found not in left or not member.isfile():
                     continue
+                file = found
                 stream = tar.extractfile(member)
                 data = stream.read() if stream else b""
                 left.discard(file)

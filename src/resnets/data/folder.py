@@ -49,8 +49,9 @@ CACHE_DIRNAME = ".resnets-cache"
 # Modes that hold no colour; anything else (RGB, RGBA, P, CMYK, YCbCr...) counts as colour.
 GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 # What Pillow raises for a file that is not an image, is truncated, or is corrupt.
-UNREADABLE = (OSError, SyntaxError, ValueError, EOFError, struct.error)
-UNREADABLE += (Image.DecompressionBombError,)
+UNREADABLE: tuple[type[BaseException], ...] = (
+    OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError,
+)
 SHOWN_SKIPPED = 3  # paths named in the one-line warning about unreadable files
 
 
@@ -384,7 +385,7 @@ def _build(
         "skipped": skipped,
         "labels": labels,
     }
-    _write_atomic(cache / meta["sidecar"], json.dumps(meta).encode())
+    _write_atomic(cache / str(meta["sidecar"]), json.dumps(meta).encode())
     _fsync_dir(cache)
     return meta
 
@@ -470,8 +471,10 @@ def _resolve_channels(color: str, split: _Split) -> int:
 
 def _decode(path: Path, size: int, channels: int) -> np.ndarray | None:
     """One file as a (channels, size, size) uint8 array, or None if it cannot be read."""
+    image: Image.Image
     try:
-        with Image.open(path) as image:
+        with Image.open(path) as opened:
+            image = opened
             image.draft(None, (size, size))  # JPEG: decode at 1/2, 1/4 or 1/8 when large enough
             image.load()
             image = ImageOps.exif_transpose(image)

@@ -34,7 +34,7 @@ def _opened(path: Path) -> Iterator[BinaryIO]:
         with path.open("rb") as raw:
             gzipped = raw.read(2) == GZIP_MAGIC
             raw.seek(0)
-            yield gzip.GzipFile(fileobj=raw) if gzipped else raw
+            yield gzip.GzipFile(fileobj=raw) if gzipped else raw  # type: ignore[misc]
     except FileNotFoundError as err:
         raise IdxError(f"{path}: no such file") from err
     except (EOFError, OSError, zlib.error) as err:

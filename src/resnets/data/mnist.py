@@ -67,6 +67,14 @@ class IdxSet:
         return cache_root() / self.name
 
 
+# SHA-256 of the decompressed contents of the four files of Zalando's release.
+FASHION_MNIST_SHA256 = {
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+
 FASHION_MNIST = IdxSet(
     spec=DataSpec(
         name="fashion-mnist",
@@ -74,12 +82,7 @@ FASHION_MNIST = IdxSet(
                  "Sneaker", "Bag", "Ankle boot"),
         channels=1, size=28, mean=(0.2860,), std=(0.3530,), mirror_ok=True, pad=2,
     ),  # fmt: skip
-    sha256={
-        "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
-        "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
-        "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
-        "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
-    },
+    sha256=FASHION_MNIST_SHA256,
     md5={},
     system_dir=Path("/usr/share/datasets/fashion-mnist"),
     debian_package="dataset-fashion-mnist",

@@ -30,8 +30,15 @@ class Conv2d(nn.Conv2d):
         return super().forward(x)
 
     def _output_size(self, x: torch.Tensor) -> tuple[int, int]:
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        ph, pw = self._int_padding()
         return (x.shape[2] + 2 * ph - kh) // sh + 1, (x.shape[3] + 2 * pw - kw) // sw + 1
+
+    def _int_padding(self) -> tuple[int, int]:
+        """The padding as numbers; a string padding ("same") never takes the matmul path."""
+        assert not isinstance(self.padding, str)
+        ph, pw = self.padding
+        return int(ph), int(pw)
 
     def _as_matmul_fits(self, x: torch.Tensor) -> bool:
         plain = (
@@ -44,7 +51,8 @@ class Conv2d(nn.Conv2d):
 
     def _forward_as_matmul(self, x: torch.Tensor) -> torch.Tensor:
         n, c = x.shape[:2]
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        ph, pw = self._int_padding()
         oh, ow = self._output_size(x)
         padded = F.pad(x, (pw, pw, ph, ph)).permute(0, 2, 3, 1)  # N, H, W, C
         taps = [

@@ -131,7 +131,7 @@ class ResNet(nn.Module):
         if zero_init_residual:
             for stage in self.stages():
                 for blk in stage:
-                    nn.init.zeros_(blk.last_norm().weight)
+                    nn.init.zeros_(blk.last_norm().weight)  # type: ignore[operator]
 
     def stages(self) -> list[nn.Sequential]:
         return [getattr(self, name) for name in self.stage_names]

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from resnets.errors import UsageError
-from resnets.models.resnet import ResNet
+from resnets.models.resnet import ResNet, Stem
 
 IMAGENET_BASIC = (64, 128, 256, 512)
 IMAGENET_BOTTLENECK = (256, 512, 1024, 2048)
@@ -26,7 +26,7 @@ class ModelSpec:
     block: str
     layers: tuple[int, ...]
     widths: tuple[int, ...]
-    stem: str = "imagenet"
+    stem: Stem = "imagenet"
     stem_width: int = 64
     in_channels: int = 3
     num_classes: int = 1000
@@ -136,7 +136,7 @@ def create_model(
         raise UsageError(f"stride_on applies to bottleneck networks only, not {name}")
     expansion = 4 if spec.block.endswith("bottleneck") else 1
     kwargs: dict[str, Any] = {**spec.options, **options}
-    stem = "cifar" if small_input else spec.stem
+    stem: Stem = "cifar" if small_input else spec.stem
     return ResNet(
         spec.block,
         spec.layers,

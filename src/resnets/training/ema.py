@@ -8,8 +8,10 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+TensorList = tuple[torch.Tensor, ...] | list[torch.Tensor]
 
-def ema_with_warmup(decay: float) -> Callable[[list, list, torch.Tensor], None]:
+
+def ema_with_warmup(decay: float) -> Callable[[TensorList, TensorList, torch.Tensor | int], None]:
     """An EMA update for AveragedModel whose decay ramps up as min(decay, (1 + n) / (10 + n)).
 
     torch's get_ema_multi_avg_fn uses the full decay from the first step, so the average stays
@@ -19,7 +21,7 @@ def ema_with_warmup(decay: float) -> Callable[[list, list, torch.Tensor], None]:
     """
 
     @torch.no_grad()
-    def update(averaged: list, current: list, num_averaged: torch.Tensor) -> None:
+    def update(averaged: TensorList, current: TensorList, num_averaged: torch.Tensor | int) -> None:
         n = int(num_averaged)
         weight = 1 - min(decay, (1 + n) / (10 + n))
         if torch.is_floating_point(averaged[0]):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,7 @@ def evaluate(
         return loss, y * num_classes + logits.argmax(1)
 
     for x, y in batches:
-        loss, cells = fallback.run(len(x), lambda chunk, x=x, y=y: run(x, y, chunk), "eval batch")
+        loss, cells = fallback.run(len(x), partial(run, x, y), "eval batch")
         loss_sum += loss
         confusion += torch.bincount(cells, minlength=num_classes * num_classes)
     model.train(was_training)
@@ -111,7 +112,7 @@ def evaluate_checkpoint(
     model = create_model(state["model_name"], **state["model_kwargs"])
     weights = "ema" if state.get("ema") else "model"
     model.load_state_dict(averaged_weights(state["ema"]) if state.get("ema") else state["model"])
-    model = model.to(runtime.device, memory_format=runtime.memory_format)
+    model = model.to(runtime.device, memory_format=runtime.memory_format)  # type: ignore[call-overload]
     test = factory.build_batches(config, replace(data, val=None), runtime, quiet=True).test
     metrics = evaluate(
         model, test.epoch(0), device=runtime.device, precision=runtime.precision,

@@ -81,7 +81,7 @@ def build_model(config: TrainConfig, spec: DataSpec, runtime: Runtime | None = N
     with seeded(config.seed):
         model = create_model(config.model, **model_kwargs(config, spec))
     if runtime is not None:
-        model = model.to(runtime.device, memory_format=runtime.memory_format)
+        model = model.to(runtime.device, memory_format=runtime.memory_format)  # type: ignore[call-overload]
     return model
 
 
@@ -100,9 +100,10 @@ def build_batches(
         )
 
     def batches(split: Split, train: bool) -> DeviceBatches:
+        size = config.batch_size if train else config.eval_batch_size
         return DeviceBatches(
-            split, spec=data.spec, batch_size=config.batch_size if train else config.eval_batch_size,
-            image_size=config.image_size, device=runtime.device, shuffle=train,
+            split, spec=data.spec, batch_size=size, image_size=config.image_size,
+            device=runtime.device, shuffle=train,
             augment=config.augment if train else "none", seed=config.seed,
             channels_last=runtime.channels_last, stream=stream,
         )  # fmt: skip

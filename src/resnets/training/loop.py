@@ -115,7 +115,9 @@ class Trainer:
         self.model, self.model_kwargs = model, model_kwargs
         self.batches, self.folder = batches, folder
         self.log, self.quiet, self.on_step = log, quiet, on_step
-        self.step_model: nn.Module = torch.compile(model) if config.compile else model
+        self.step_model: nn.Module = (
+            torch.compile(model) if config.compile else model  # type: ignore[assignment]
+        )
         self.optimizer = build_optimizer(model, config)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.ema = build_ema(model, config.ema)
@@ -135,7 +137,8 @@ class Trainer:
 
     @property
     def selected_on(self) -> str:
-        """The split that chooses `best.pt`: validation when held out, else (as the chapter) test."""
+        """The split that chooses `best.pt`: validation when held out, else (as in the
+        chapter) the test set."""
         return "val" if self.batches.val is not None else "test"
 
     def _notice(self, message: str) -> None:

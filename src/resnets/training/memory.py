@@ -108,7 +108,7 @@ def available_memory() -> int:
 
 def _cgroup_folders() -> list[Path]:
     """This process's cgroup folders (v2 unified, v1 memory controller)."""
-    folders = []
+    folders: list[Path] = []
     try:
         lines = Path("/proc/self/cgroup").read_text().splitlines()
     except OSError:
