@@ -26,6 +26,7 @@ from torch.utils.data import Dataset as TorchDataset
 from resnets import create_model
 from resnets.bench import bench_data
 from resnets.models.conv import Conv2d
+from resnets.training import make_config
 
 
 class PILFashionMNIST(TorchDataset):
@@ -65,7 +66,7 @@ def main() -> None:
     args = parser.parse_args()
 
     images = args.batch_size * (args.warmup + args.steps)
-    data, source = bench_data(args.data_dir, images)
+    data, source = bench_data(make_config(overrides={"data_dir": args.data_dir}), images)
     torch.manual_seed(0)
     model = create_model("d2l_resnet18")
     for module in model.modules():  # the chapter's plain nn.Conv2d, without our small-map path
@@ -89,10 +90,10 @@ def main() -> None:
         (model(x).argmax(1) == y).sum().item()
 
     model.train()
-    train = loader(data.train_images, data.train_labels, True)
+    train = loader(data.train.images.squeeze(1), data.train.labels, True)
     train_seconds = timed(train, train_step, args.warmup, args.steps)
     model.eval()
-    test = loader(data.test_images, data.test_labels, False)
+    test = loader(data.test.images.squeeze(1), data.test.labels, False)
     eval_seconds = timed(test, eval_step, args.warmup, args.steps)
     timed_images = args.steps * args.batch_size
     print(

@@ -142,7 +142,8 @@ def _datasets(args: argparse.Namespace) -> int:
             else "classes, channels and size from the images"
         )
         if not row["found"]:
-            state = "not found"
+            places = ", ".join(row["looked_in"])
+            state = f"not found (looked in {places})" if places else "not found: needs --data-dir"
         elif row["verified"] is None:
             state = f"found at {row['path']}"
         elif row["verified"]:

@@ -9,6 +9,7 @@ split are made here, the same way for every data set.
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -17,7 +18,7 @@ from typing import Any
 
 import torch
 
-from resnets.data import mnist
+from resnets.data import cifar, mnist
 from resnets.data.download import cache_root, fetch
 from resnets.data.mnist import DataNotFoundError
 from resnets.data.spec import DataSpec
@@ -106,13 +107,17 @@ class DataOptions:
 
 @dataclass(frozen=True)
 class DatasetEntry:
-    """One registered data set: a loader, a finder (for `resnets datasets`) and a description."""
+    """One registered data set: a loader, where it is looked for, and a description.
+
+    `places` lists where the loader looks without downloading; `find` says where it found it.
+    """
 
     name: str
     summary: str
     obtained: str
     load: Callable[[DataOptions], Dataset]
     find: Callable[[DataOptions], Path | None]
+    places: Callable[[DataOptions], list[Path]]
     spec: DataSpec | None  # None where the data decide it (a folder of images)
 
 
@@ -125,12 +130,13 @@ def register_dataset(
     summary: str,
     obtained: str,
     find: Callable[[DataOptions], Path | None],
+    places: Callable[[DataOptions], list[Path]],
     spec: DataSpec | None = None,
 ) -> Callable[[Callable[[DataOptions], Dataset]], Callable[[DataOptions], Dataset]]:
     """Add the decorated loader to DATASETS under `name`."""
 
     def register(load: Callable[[DataOptions], Dataset]) -> Callable[[DataOptions], Dataset]:
-        DATASETS[name] = DatasetEntry(name, summary, obtained, load, find, spec)
+        DATASETS[name] = DatasetEntry(name, summary, obtained, load, find, places, spec)
         return load
 
     return register
@@ -164,11 +170,21 @@ def _idx_finder(idx_set: mnist.IdxSet) -> Callable[[DataOptions], Path | None]:
     return lambda options: mnist.where(idx_set, options.data_dir)
 
 
+def _idx_places(idx_set: mnist.IdxSet) -> Callable[[DataOptions], list[Path]]:
+    def places(options: DataOptions) -> list[Path]:
+        if options.data_dir is not None:
+            return [Path(options.data_dir).expanduser()]
+        return [idx_set.system_dir, idx_set.cache_dir()]
+
+    return places
+
+
 @register_dataset(
     "fashion-mnist",
     summary="Zalando's clothing: 60,000 + 10,000 grayscale 28x28 images, 10 classes",
     obtained=f"Debian's {mnist.FASHION_MNIST.debian_package}, --data-dir, the cache, or download",
     find=_idx_finder(mnist.FASHION_MNIST),
+    places=_idx_places(mnist.FASHION_MNIST),
     spec=mnist.FASHION_MNIST.spec,
 )
 def load_fashion_mnist_set(options: DataOptions) -> Dataset:
@@ -180,6 +196,7 @@ def load_fashion_mnist_set(options: DataOptions) -> Dataset:
     summary="handwritten digits: 60,000 + 10,000 grayscale 28x28 images, 10 classes",
     obtained="--data-dir, the cache, or download (MD5 of the four .gz files checked)",
     find=_idx_finder(mnist.MNIST),
+    places=_idx_places(mnist.MNIST),
     spec=mnist.MNIST.spec,
 )
 def load_mnist_set(options: DataOptions) -> Dataset:
@@ -205,9 +222,20 @@ CIFAR_URL = "https://www.cs.toronto.edu/~kriz/"
 CIFAR_ARCHIVES = {"cifar10": "cifar-10-python.tar.gz", "cifar100": "cifar-100-python.tar.gz"}
 
 
-def _load_cifar(name: str, options: DataOptions) -> Dataset:
-    from resnets.data import cifar  # noqa: PLC0415 (only CIFAR runs need the tar and pickle code)
+def cifar_spec(name: str, labels: str = "fine") -> DataSpec:
+    """CIFAR-10 or CIFAR-100 (fine or coarse labels): RGB 32x32, mirror-symmetric, pad 4."""
+    if name == "cifar10":
+        classes = cifar.CIFAR10_CLASSES
+    else:
+        classes = cifar.CIFAR100_COARSE_CLASSES if labels == "coarse" else cifar.CIFAR100_CLASSES
+    mean, std = CIFAR_MEAN_STD[name]
+    return DataSpec(
+        name=name, classes=classes, channels=3, size=32, mean=mean, std=std, mirror_ok=True,
+        pad=4, extra={"labels": labels} if name == "cifar100" else {},
+    )  # fmt: skip
 
+
+def _load_cifar(name: str, options: DataOptions) -> Dataset:
     root = _cifar_root(name, options)
     if cifar.find_cifar(root, name) is None:
         if options.data_dir is None and options.download:
@@ -227,11 +255,7 @@ def _load_cifar(name: str, options: DataOptions) -> Dataset:
             )
     data = cifar.read_cifar(root, name, labels=options.labels, verify=options.verify,
                             warn=options.warn)  # fmt: skip
-    mean, std = CIFAR_MEAN_STD[name]
-    spec = DataSpec(
-        name=name, classes=data.classes, channels=3, size=32, mean=mean, std=std,
-        mirror_ok=True, pad=4, extra={"labels": options.labels} if name == "cifar100" else {},
-    )  # fmt: skip
+    spec = dataclasses.replace(cifar_spec(name, options.labels), classes=data.classes)
     return Dataset(
         spec, Split(data.train_images, data.train_labels), Split(data.test_images, data.test_labels)
     )
@@ -239,8 +263,6 @@ def _load_cifar(name: str, options: DataOptions) -> Dataset:
 
 def _cifar_finder(name: str) -> Callable[[DataOptions], Path | None]:
     def find(options: DataOptions) -> Path | None:
-        from resnets.data import cifar  # noqa: PLC0415
-
         return cifar.find_cifar(_cifar_root(name, options), name)
 
     return find
@@ -251,6 +273,8 @@ def _cifar_finder(name: str) -> Callable[[DataOptions], Path | None]:
     summary="Krizhevsky's CIFAR-10: 50,000 + 10,000 colour 32x32 images, 10 classes",
     obtained="--data-dir with cifar-10-python.tar.gz, cifar-10-binary.tar.gz or either's folder",
     find=_cifar_finder("cifar10"),
+    places=lambda options: [_cifar_root("cifar10", options)],
+    spec=cifar_spec("cifar10"),
 )
 def load_cifar10(options: DataOptions) -> Dataset:
     return _load_cifar("cifar10", options)
@@ -261,6 +285,8 @@ def load_cifar10(options: DataOptions) -> Dataset:
     summary="CIFAR-100: 50,000 + 10,000 colour 32x32 images, 100 classes (or 20 coarse)",
     obtained="--data-dir with cifar-100-python.tar.gz or cifar-100-python/",
     find=_cifar_finder("cifar100"),
+    places=lambda options: [_cifar_root("cifar100", options)],
+    spec=cifar_spec("cifar100"),
 )
 def load_cifar100(options: DataOptions) -> Dataset:
     return _load_cifar("cifar100", options)
@@ -278,11 +304,16 @@ def _folder_root(options: DataOptions) -> Path:
     return Path(options.data_dir).expanduser()
 
 
+def _folder_places(options: DataOptions) -> list[Path]:
+    return [] if options.data_dir is None else [_folder_root(options)]
+
+
 @register_dataset(
     "folder",
     summary="your images: ROOT/train/<class>/* and ROOT/val|test/<class>/*, or ROOT/<class>/*",
     obtained="--data-dir ROOT; decoded once into a uint8 cache (PNG, JPEG, BMP, WebP)",
-    find=lambda options: None if options.data_dir is None else _folder_root(options),
+    find=lambda options: next((p for p in _folder_places(options) if p.is_dir()), None),
+    places=lambda options: _folder_places(options),
 )
 def load_folder(options: DataOptions) -> Dataset:
     from resnets.data import folder  # noqa: PLC0415 (Pillow only where folders are read)
@@ -368,6 +399,7 @@ def describe(name: str, options: DataOptions, check: bool = True) -> dict[str, A
         found = entry.find(options)
     except UsageError:
         found = None
+    row["looked_in"] = [str(p) for p in entry.places(options)]
     row["path"] = None if found is None else str(found)
     row["found"] = found is not None
     row["verified"] = None

@@ -19,6 +19,7 @@ import yaml
 from resnets.data.batches import parse_augment
 from resnets.data.datasets import get_entry
 from resnets.errors import UsageError
+from resnets.training.memory import parse_memory_budget
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -148,6 +149,8 @@ class TrainConfig:
             raise UsageError(f"milestones must be in increasing order: {self.milestones}")
         parse_augment(self.augment)
         get_entry(self.dataset)
+        if self.memory_budget is not None:
+            parse_memory_budget(self.memory_budget)
         return self
 
     def to_dict(self) -> dict[str, Any]:

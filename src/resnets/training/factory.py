@@ -17,12 +17,12 @@ from tqdm import tqdm
 from resnets.data.batches import DeviceBatches, parse_augment
 from resnets.data.datasets import DataOptions, Dataset, Split, load_dataset
 from resnets.data.spec import DataSpec
-from resnets.errors import UsageError
+from resnets.errors import DataError, UsageError
 from resnets.models import create_model
 from resnets.training.checkpoint import find_checkpoint, load_checkpoint, run_dir_of
 from resnets.training.config import TrainConfig, make_config
 from resnets.training.loop import Batches, Trainer
-from resnets.training.memory import parse_memory_budget
+from resnets.training.memory import format_bytes, parse_memory_budget
 from resnets.training.recorder import RunFolder, default_run_dir
 from resnets.training.runtime import Runtime, seeded
 
@@ -95,8 +95,8 @@ def build_batches(
     stream = needed > budget
     if stream:
         notice(quiet)(
-            f"the images take {needed / 2**30:.2f} GiB, more than the memory budget of "
-            f"{budget / 2**30:.2f} GiB: batches are read from disk as they are needed"
+            f"the images take {format_bytes(needed)}, more than the memory budget of "
+            f"{format_bytes(budget)}: batches are read from disk as they are needed"
         )
 
     def batches(split: Split, train: bool) -> DeviceBatches:
@@ -157,5 +157,13 @@ def resume_trainer(
         )
     config = make_config(overrides={**saved, **changes})
     trainer = build_trainer(config, run_dir=run_dir_of(path), **kwargs)
+    saved_spec = DataSpec.from_dict(state["data_spec"])
+    if (trainer.spec.classes, trainer.spec.channels) != (saved_spec.classes, saved_spec.channels):
+        raise DataError(
+            f"{path} was trained on {saved_spec.channels}-channel images of "
+            f"{saved_spec.num_classes} classes, but {config.dataset} now has "
+            f"{trainer.spec.channels}-channel images of {trainer.spec.num_classes} classes; "
+            "resume with the same data, or start a new run"
+        )
     trainer.load_state_dict(state)
     return trainer

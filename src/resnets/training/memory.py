@@ -122,6 +122,15 @@ def _cgroup_folders() -> list[Path]:
     return folders
 
 
+def format_bytes(count: float) -> str:
+    """1536 -> "1.5 KiB": binary units, three significant figures."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(count) < 1024:
+            return f"{count:.3g} {unit}"
+        count /= 1024
+    return f"{count:.3g} TiB"
+
+
 def parse_memory_budget(text: str | None, default_share: float = 0.5) -> int:
     """Bytes from "6GiB", "500MB", "1e9" or "80%" (of the available memory); None: the default
     share of the available memory."""
