@@ -14,25 +14,27 @@ import pytest
 import torch
 
 from resnets.data import (
-    AUGMENTATIONS,
-    MEAN,
-    STD,
+    FASHION_MNIST,
     ChecksumError,
     DataNotFoundError,
+    DataOptions,
+    Dataset,
     DeviceBatches,
     IdxError,
-    load_fashion_mnist,
-    locate,
+    load_dataset,
+    parse_augment,
     read_idx,
     write_idx,
 )
-from resnets.data import fashion_mnist as fm
+from resnets.data import mnist as fm
 from resnets.data.idx import idx_payload_sha256
 from resnets.errors import UsageError
 
-STEMS = tuple(fm.FILES)
+STEMS = fm.STEMS
+SPEC = FASHION_MNIST.spec
+MEAN, STD = SPEC.mean[0], SPEC.std[0]
 # Read before any fixture points these elsewhere: where the real data may be.
-REAL_DIRS = [Path(d) for d in (os.environ.get("RESNETS_DATA"), str(fm.SYSTEM_DIR)) if d]
+REAL_DIRS = [Path(d) for d in (os.environ.get("RESNETS_DATA"), str(FASHION_MNIST.system_dir)) if d]
 
 
 def make_dataset(
@@ -54,9 +56,26 @@ def make_dataset(
 
 
 def trust(monkeypatch: pytest.MonkeyPatch, directory: Path) -> None:
-    """Make the files in `directory` the ones whose hashes FILES expects."""
+    """Make the files in `directory` the ones whose hashes FASHION_MNIST expects."""
     hashes = {stem: idx_payload_sha256(fm.find_file(directory, stem)) for stem in STEMS}
-    monkeypatch.setattr(fm, "FILES", hashes)
+    monkeypatch.setattr(FASHION_MNIST, "sha256", hashes)
+
+
+def locate(data_dir: Path | None = None, **options: object) -> Path:
+    """Where Fashion-MNIST is found (or downloaded to); warnings are not expected."""
+    options.setdefault("warn", no_warning)
+    return fm.locate(FASHION_MNIST, data_dir, **options)
+
+
+def load(data_dir: Path, *, verify: bool = True, **shaping: object) -> Dataset:
+    """Fashion-MNIST through the registry; with verify=False the checksum warnings are dropped."""
+    options = DataOptions(data_dir=str(data_dir), verify=verify, progress=False,
+                          warn=no_warning if verify else lambda _: None)  # fmt: skip
+    return load_dataset("fashion-mnist", options, **shaping)
+
+
+def no_warning(message: str) -> None:
+    raise AssertionError(f"unexpected warning: {message}")
 
 
 @pytest.fixture(autouse=True)
@@ -66,7 +85,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def no_network(*args: object, **kwargs: object) -> None:
         raise AssertionError("tests must not touch the network")
 
-    monkeypatch.setattr(fm, "SYSTEM_DIR", tmp_path / "system")
+    monkeypatch.setattr(FASHION_MNIST, "system_dir", tmp_path / "system")
     monkeypatch.setenv("RESNETS_DATA", str(tmp_path / "cache"))
     monkeypatch.setattr(urllib.request, "urlopen", no_network)
 
@@ -141,26 +160,35 @@ def test_payload_hash_is_over_decompressed_bytes(tmp_path: Path) -> None:
 
 def test_load_shapes_dtypes_and_truncation(tmp_path: Path) -> None:
     tensors = make_dataset(tmp_path / "d", gz=False)
-    data = load_fashion_mnist(tmp_path / "d", verify=False)
-    assert data.train_images.shape == (300, 28, 28) and data.train_images.dtype == torch.uint8
-    assert data.test_labels.shape == (100,) and data.test_labels.dtype == torch.int64
-    assert torch.equal(data.train_labels, tensors["train-labels-idx1-ubyte"].long())
+    data = load(tmp_path / "d", verify=False)
+    assert data.spec == SPEC
+    assert data.train.images.shape == (300, 1, 28, 28) and data.train.images.dtype == torch.uint8
+    assert data.test.labels.shape == (100,) and data.test.labels.dtype == torch.int64
+    assert torch.equal(data.train.images[:, 0], tensors["train-images-idx3-ubyte"])
+    assert torch.equal(data.train.labels, tensors["train-labels-idx1-ubyte"].long())
     assert len(data.classes) == 10 and data.classes[9] == "Ankle boot"
-    small = load_fashion_mnist(tmp_path / "d", verify=False, train_samples=20, test_samples=500)
-    assert torch.equal(small.train_images, data.train_images[:20])
-    assert len(small.train_labels) == 20 and len(small.test_images) == 100
-    with pytest.raises(UsageError, match="train_samples"):
-        load_fashion_mnist(tmp_path / "d", verify=False, train_samples=0)
+    small = load(tmp_path / "d", verify=False, train_samples=20, test_samples=500)
+    assert torch.equal(small.train.pixels(), data.train.images[:20])
+    assert len(small.train) == 20 and len(small.test) == 100
+    assert torch.equal(small.train.labels, data.train.labels[:20])
+
+
+@pytest.mark.parametrize("samples", [{"train_samples": 0}, {"test_samples": -1}])
+def test_sample_counts_below_one_refused(tmp_path: Path, samples: dict[str, int]) -> None:
+    make_dataset(tmp_path / "d")
+    with pytest.raises(UsageError, match=next(iter(samples))):
+        load(tmp_path / "d", verify=False, **samples)
 
 
 def test_image_label_count_mismatch_names_both_files(tmp_path: Path) -> None:
     make_dataset(tmp_path / "d")
     write_idx(tmp_path / "d" / "t10k-labels-idx1-ubyte.gz", torch.zeros(99, dtype=torch.uint8))
     with pytest.raises(IdxError) as err:
-        load_fashion_mnist(tmp_path / "d", verify=False)
+        load(tmp_path / "d", verify=False)
     message = str(err.value)
     assert "t10k-images-idx3-ubyte.gz has 100 images" in message
     assert "t10k-labels-idx1-ubyte.gz has 99 labels" in message
+    assert err.value.exit_code == 2
 
 
 def test_label_out_of_range(tmp_path: Path) -> None:
@@ -169,7 +197,7 @@ def test_label_out_of_range(tmp_path: Path) -> None:
         tmp_path / "d" / "t10k-labels-idx1-ubyte.gz", torch.full((100,), 10, dtype=torch.uint8)
     )
     with pytest.raises(IdxError, match="t10k-labels-idx1-ubyte.gz: label 10"):
-        load_fashion_mnist(tmp_path / "d", verify=False)
+        load(tmp_path / "d", verify=False)
 
 
 # --- where the data comes from ---
@@ -179,31 +207,32 @@ def test_data_dir_wins_over_system_and_cache(tmp_path: Path) -> None:
     make_dataset(tmp_path / "system", seed=1)
     make_dataset(tmp_path / "cache", seed=2)
     mine = make_dataset(tmp_path / "mine", seed=3)
-    assert locate(tmp_path / "mine", verify=False) == tmp_path / "mine"
-    data = load_fashion_mnist(tmp_path / "mine", verify=False)
-    assert torch.equal(data.test_images, mine["t10k-images-idx3-ubyte"])
+    assert locate(tmp_path / "mine", verify=False, warn=lambda _: None) == tmp_path / "mine"
+    data = load(tmp_path / "mine", verify=False)
+    assert torch.equal(data.test.images[:, 0], mine["t10k-images-idx3-ubyte"])
 
 
 def test_system_dir_wins_over_cache(tmp_path: Path) -> None:
     make_dataset(tmp_path / "system", seed=1)
     make_dataset(tmp_path / "cache", seed=2)
-    assert locate(verify=False) == tmp_path / "system"
+    assert locate(verify=False, warn=lambda _: None) == tmp_path / "system"
+    assert fm.where(FASHION_MNIST) == tmp_path / "system"
 
 
 def test_cache_used_when_system_missing_or_incomplete(tmp_path: Path) -> None:
     make_dataset(tmp_path / "cache", gz=False)
-    assert locate(verify=False) == tmp_path / "cache"
+    assert locate(verify=False, warn=lambda _: None) == tmp_path / "cache"
     make_dataset(tmp_path / "system")
     (tmp_path / "system" / "train-labels-idx1-ubyte.gz").unlink()
-    assert locate(verify=False) == tmp_path / "cache"
+    assert locate(verify=False, warn=lambda _: None) == tmp_path / "cache"
 
 
 def test_cache_dir_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RESNETS_DATA", str(tmp_path / "elsewhere"))
-    assert fm.cache_dir() == tmp_path / "elsewhere"
+    assert FASHION_MNIST.cache_dir() == tmp_path / "elsewhere"
     monkeypatch.delenv("RESNETS_DATA")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert fm.cache_dir() == tmp_path / "home" / ".cache" / "resnets" / "fashion-mnist"
+    assert FASHION_MNIST.cache_dir() == tmp_path / "home" / ".cache" / "resnets" / "fashion-mnist"
 
 
 def test_incomplete_data_dir_names_missing_files(tmp_path: Path) -> None:
@@ -222,23 +251,54 @@ def test_incomplete_data_dir_names_missing_files(tmp_path: Path) -> None:
 # --- checksums ---
 
 
+def tamper(path: Path) -> None:
+    """Flip one bit of the first image in the IDX file at `path`."""
+    images = read_idx(path)
+    images[0, 0, 0] ^= 1
+    write_idx(path, images)
+
+
+@pytest.mark.parametrize(
+    ("folder", "data_dir", "fix"),
+    [
+        ("bad", True, "replace it with a good copy"),
+        ("cache", False, "delete it (it is downloaded again on the next run)"),
+    ],
+    ids=["data-dir", "cache"],
+)
 def test_checksums_verify_and_tampering_is_caught(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, folder: str, data_dir: bool, fix: str
 ) -> None:
     make_dataset(tmp_path / "good")
     trust(monkeypatch, tmp_path / "good")
     assert locate(tmp_path / "good") == tmp_path / "good"
-    make_dataset(tmp_path / "bad")
-    images = read_idx(tmp_path / "bad" / "t10k-images-idx3-ubyte.gz")
-    images[0, 0, 0] ^= 1
-    write_idx(tmp_path / "bad" / "t10k-images-idx3-ubyte.gz", images)
+    make_dataset(tmp_path / folder)
+    bad = tmp_path / folder / "t10k-images-idx3-ubyte.gz"
+    tamper(bad)
+    where = tmp_path / folder if data_dir else None
     with pytest.raises(ChecksumError) as err:
-        locate(tmp_path / "bad")
+        locate(where)
     message = str(err.value)
-    assert "t10k-images-idx3-ubyte.gz" in message and "delete it" in message
-    assert fm.FILES["t10k-images-idx3-ubyte"] in message
-    assert idx_payload_sha256(tmp_path / "bad" / "t10k-images-idx3-ubyte.gz") in message
-    assert locate(tmp_path / "bad", verify=False) == tmp_path / "bad"
+    assert "\n" not in message and err.value.exit_code == 2
+    assert str(bad) in message and fix in message and "--no-verify" in message
+    assert FASHION_MNIST.sha256["t10k-images-idx3-ubyte"] in message
+    assert idx_payload_sha256(bad) in message
+
+
+def test_without_verify_a_bad_file_is_one_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_dataset(tmp_path / "d")
+    trust(monkeypatch, tmp_path / "d")
+    tamper(tmp_path / "d" / "train-images-idx3-ubyte.gz")
+    with pytest.raises(ChecksumError):
+        load(tmp_path / "d")
+    warnings: list[str] = []
+    options = DataOptions(data_dir=str(tmp_path / "d"), verify=False, warn=warnings.append)
+    data = load_dataset("fashion-mnist", options)
+    assert len(data.train) == 300
+    assert len(warnings) == 1
+    assert "train-images-idx3-ubyte.gz" in warnings[0] and "--no-verify" in warnings[0]
 
 
 def test_gzip_and_plain_copies_verify_with_the_same_hashes(
@@ -288,7 +348,7 @@ def serve(monkeypatch: pytest.MonkeyPatch, source: Path, broken: str | None = No
 
     def urlopen(url: str, timeout: float) -> FakeResponse:
         asked.append(url)
-        name = url.removeprefix(fm.MIRROR)
+        name = url.removeprefix(FASHION_MNIST.mirror)
         fail_after = 100 if broken and name.startswith(broken) else None
         return FakeResponse((source / name).read_bytes(), fail_after)
 
@@ -301,7 +361,7 @@ def test_download_into_cache_and_verify(tmp_path: Path, monkeypatch: pytest.Monk
     trust(monkeypatch, tmp_path / "mirror")
     asked = serve(monkeypatch, tmp_path / "mirror")
     assert locate(progress=False) == tmp_path / "cache"
-    assert sorted(asked) == sorted(f"{fm.MIRROR}{stem}.gz" for stem in STEMS)
+    assert sorted(asked) == sorted(f"{FASHION_MNIST.mirror}{stem}.gz" for stem in STEMS)
     for stem in STEMS:
         got = (tmp_path / "cache" / f"{stem}.gz").read_bytes()
         assert got == (tmp_path / "mirror" / f"{stem}.gz").read_bytes()
@@ -317,8 +377,8 @@ def test_download_fetches_only_missing_files(
     make_dataset(tmp_path / "cache")
     (tmp_path / "cache" / "t10k-labels-idx1-ubyte.gz").unlink()
     asked = serve(monkeypatch, tmp_path / "mirror")
-    locate(progress=False, verify=False)
-    assert asked == [f"{fm.MIRROR}t10k-labels-idx1-ubyte.gz"]
+    locate(progress=False, verify=False, warn=lambda _: None)
+    assert asked == [f"{FASHION_MNIST.mirror}t10k-labels-idx1-ubyte.gz"]
 
 
 def test_failed_download_explains_and_leaves_nothing(
@@ -331,7 +391,7 @@ def test_failed_download_explains_and_leaves_nothing(
     message = str(err.value)
     assert "apt-get install dataset-fashion-mnist" in message
     assert "--data-dir" in message and "$RESNETS_DATA" in message
-    assert fm.MIRROR in message and "connection reset" in message
+    assert FASHION_MNIST.mirror in message and "connection reset" in message
     left = sorted(p.name for p in (tmp_path / "cache").iterdir())
     assert "t10k-images-idx3-ubyte.gz" not in left
     assert not [name for name in left if name.endswith(".part")]
@@ -349,7 +409,7 @@ def test_no_download_when_turned_off(tmp_path: Path) -> None:
 def batches(n: int = 10, **kwargs: object) -> DeviceBatches:
     """Batches over `n` distinct random images whose labels are their indices."""
     images = torch.randint(1, 256, (n, 28, 28), generator=torch.Generator().manual_seed(n))
-    options = {"batch_size": 4, "image_size": 28} | kwargs
+    options = {"batch_size": 4, "image_size": 28, "spec": SPEC} | kwargs
     return DeviceBatches(images.to(torch.uint8), torch.arange(n), **options)
 
 
@@ -373,7 +433,8 @@ def test_batch_shapes_counts_and_order() -> None:
 
 def test_normalisation_of_constant_images() -> None:
     images = torch.stack([torch.full((28, 28), 255), torch.zeros(28, 28)]).to(torch.uint8)
-    x, _ = next(DeviceBatches(images, torch.zeros(2), batch_size=2, image_size=28).epoch(0))
+    data = DeviceBatches(images, torch.zeros(2), batch_size=2, image_size=28, spec=SPEC)
+    x, _ = next(data.epoch(0))
     assert torch.allclose(x[0], torch.full_like(x[0], (1 - MEAN) / STD))
     assert torch.allclose(x[1], torch.full_like(x[1], -MEAN / STD))
 
@@ -383,7 +444,8 @@ def test_resize(size: int) -> None:
     x, _ = next(batches(image_size=size).epoch(0))
     assert x.shape == (4, 1, size, size)
     flat = torch.full((1, 28, 28), 200, dtype=torch.uint8)
-    x, _ = next(DeviceBatches(flat, torch.zeros(1), batch_size=1, image_size=size).epoch(0))
+    data = DeviceBatches(flat, torch.zeros(1), batch_size=1, image_size=size, spec=SPEC)
+    x, _ = next(data.epoch(0))
     assert torch.allclose(x, torch.full_like(x, (200 / 255 - MEAN) / STD), atol=1e-5)
 
 
@@ -450,14 +512,64 @@ def test_erase_fills_one_rectangle_in_about_half_the_images() -> None:
     assert torch.equal(x, again)
 
 
-def test_batches_validate_options() -> None:
-    with pytest.raises(UsageError, match="crop\\+flip"):
-        batches(augment="rotate")
-    with pytest.raises(UsageError, match="at least 1"):
-        batches(batch_size=0)
-    with pytest.raises(UsageError, match="at least 1"):
-        batches(image_size=0)
-    assert AUGMENTATIONS == ("none", "flip", "crop", "crop+flip", "erase", "crop+flip+erase")
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"augment": "rotate"}, "unknown augmentation 'rotate'"),
+        ({"batch_size": 0}, "at least 1"),
+        ({"image_size": 0}, "at least 1"),
+    ],
+)
+def test_batches_validate_options(options: dict[str, object], message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        batches(**options)
+
+
+def test_batches_refuse_images_of_the_wrong_shape_or_count() -> None:
+    rgb = torch.zeros(4, 3, 28, 28, dtype=torch.uint8)
+    with pytest.raises(UsageError, match=r"uint8 \(N, 1, H, W\)"):
+        DeviceBatches(rgb, torch.zeros(4), batch_size=2, image_size=28, spec=SPEC)
+    with pytest.raises(UsageError, match="4 images but 3 labels"):
+        DeviceBatches(rgb[:, :1], torch.zeros(3), batch_size=2, image_size=28, spec=SPEC)
+
+
+# --- parsing --augment ---
+
+
+@pytest.mark.parametrize(
+    ("text", "parts"),
+    [
+        ("none", ()),
+        ("", ()),
+        ("crop", ("crop",)),
+        ("flip+crop", ("crop", "flip")),
+        ("erase+flip+crop", ("crop", "flip", "erase")),
+        ("cutmix+rrc+flip", ("flip", "rrc", "cutmix")),
+        ("cutmix+mixup", ("mixup", "cutmix")),
+        ("mixup+erase+crop+flip+cutmix", ("crop", "flip", "erase", "mixup", "cutmix")),
+    ],
+)
+def test_parse_augment_canonical_order(text: str, parts: tuple[str, ...]) -> None:
+    assert parse_augment(text) == parts
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("rotate", "unknown augmentation 'rotate'"),
+        ("crop+Flip", "unknown augmentation 'Flip'"),
+        ("crop+", "unknown augmentation ''"),
+        ("crop+none", "unknown augmentation 'none'"),
+        ("flip+flip", "names a part twice"),
+        ("crop+flip+crop", "names a part twice"),
+        ("crop+rrc", "crop .* or rrc"),
+        ("rrc+flip+crop", "crop .* or rrc"),
+    ],
+)
+def test_parse_augment_rejects(text: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message) as err:
+        parse_augment(text)
+    assert repr(text) in str(err.value)
 
 
 # --- the real data ---
@@ -476,12 +588,15 @@ def real_dir() -> Path | None:
 def test_real_fashion_mnist() -> None:
     directory = real_dir()
     assert locate(directory, download=False, verify=True) == directory
-    data = load_fashion_mnist(directory, download=False)
-    assert data.train_images.shape == (60000, 28, 28) and data.test_images.shape == (10000, 28, 28)
-    assert len(data.train_labels) == 60000 and len(data.test_labels) == 10000
-    for labels in (data.train_labels, data.test_labels):
+    data = load_dataset(
+        "fashion-mnist", DataOptions(data_dir=str(directory), download=False, warn=no_warning)
+    )
+    assert data.train.images.shape == (60000, 1, 28, 28)
+    assert data.test.images.shape == (10000, 1, 28, 28)
+    assert len(data.train.labels) == 60000 and len(data.test.labels) == 10000
+    for labels in (data.train.labels, data.test.labels):
         assert labels.min() == 0 and labels.max() == 9
-    counts = torch.bincount(data.train_images.flatten(), minlength=256).double()
+    counts = torch.bincount(data.train.images.flatten(), minlength=256).double()
     values = torch.arange(256, dtype=torch.float64) / 255
     mean = (counts * values).sum() / counts.sum()
     std = ((counts * (values - mean) ** 2).sum() / counts.sum()).sqrt()
@@ -491,7 +606,7 @@ def test_real_fashion_mnist() -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(real_dir() is None, reason="real Fashion-MNIST not found (see above)")
 def test_a_short_run_on_the_real_data_learns(tmp_path: Path) -> None:
-    from resnets.training import Trainer, make_config
+    from resnets.training import build_trainer, make_config
 
     config = make_config(
         overrides={
@@ -501,5 +616,6 @@ def test_a_short_run_on_the_real_data_learns(tmp_path: Path) -> None:
             "data_dir": str(real_dir()),
         }
     )  # fmt: skip
-    summary = Trainer(config, run_dir=tmp_path / "run", quiet=True, log=lambda _: None).fit()
+    trainer = build_trainer(config, run_dir=tmp_path / "run", quiet=True, log=lambda _: None)
+    summary = trainer.fit()
     assert summary["final_test_acc"] > 0.5  # chance is 0.1

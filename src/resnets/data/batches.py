@@ -97,8 +97,9 @@ class DeviceBatches:
                 f"{spec.name}: images must be uint8 (N, {spec.channels}, H, W), got "
                 f"{source.dtype} {tuple(source.shape)}"
             )
-        if split.rows is None and len(split.labels) != len(source):
-            raise UsageError(f"{len(source)} images but {len(split.labels)} labels")
+        count = len(source) if split.rows is None else len(split.rows)
+        if len(split.labels) != count:
+            raise UsageError(f"{count} images but {len(split.labels)} labels")
         self.spec, self.device = spec, torch.device(device)
         self.stream = stream
         self.source: torch.Tensor | None = None

@@ -191,15 +191,25 @@ def _download(idx_set: IdxSet, progress: bool) -> Path:
 
 def _checked(idx_set: IdxSet, directory: Path, verify: bool, warn: Callable[[str], None]) -> Path:
     """Return `directory`, after checking each file's digest (a warning only, without verify)."""
+    unverifiable = []
     for stem in STEMS:
         path = find_file(directory, stem)
         assert path is not None  # callers only pass complete folders
+        if not (path.name.endswith(".gz") and stem in idx_set.md5) and stem not in idx_set.sha256:
+            unverifiable.append(path.name)
+            continue
         try:
             _verify(idx_set, path, stem)
         except ChecksumError as error:
             if verify:
                 raise
             warn(f"warning: {str(error).splitlines()[0]} (going on: --no-verify)")
+    if unverifiable:
+        warn(
+            f"{directory}: no published digest for {', '.join(unverifiable)} (only the .gz "
+            f"files' are published), so {'it is' if len(unverifiable) == 1 else 'they are'} "
+            "not verified"
+        )
     return directory
 
 

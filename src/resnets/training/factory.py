@@ -33,7 +33,11 @@ RESUMABLE = ("epochs", "device", "data_dir", "micro_batch", "eval_batch_size", "
 
 def notice(quiet: bool) -> Callable[[str], None]:
     """Where a run's one-line notes go: above the progress bar, or nowhere when quiet."""
-    return (lambda _: None) if quiet else (lambda message: tqdm.write(f"note: {message}"))
+    if quiet:
+        return lambda _: None
+    return lambda message: tqdm.write(
+        message if message.startswith("warning:") else f"note: {message}"
+    )
 
 
 def data_options(config: TrainConfig, quiet: bool = False) -> DataOptions:
