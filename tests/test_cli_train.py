@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 
 from resnets.cli import main
 from resnets.data import FASHION_MNIST
-from resnets.training import Interrupted, Trainer
+from resnets.training import load_checkpoint
 
 from helpers import TINY, synthetic_dataset, write_dataset
 
@@ -144,18 +150,53 @@ def test_eval_of_a_broken_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert code == 1 and "no such run folder or checkpoint file" in err
 
 
-def test_interrupt_exits_130(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+def test_ctrl_c_in_a_real_process_exits_130_and_resumes_bit_for_bit(
+    tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def interrupted(self: Trainer) -> None:
-        raise Interrupted("interrupted in epoch 1; checkpoint saved to x. Resume with: resnets ...")
+    """`resnets train` in its own process gets a real SIGINT during training: it saves, says how
+    to resume and exits 130; `--resume` then ends where an uninterrupted run ends."""
+    out_dir = tmp_path / "interrupted"
+    # Far more epochs than it will get through: the interruption surely lands mid-run. With
+    # the constant schedule, the first epochs do not depend on the total.
+    argv = ["train", *flags({**TINY, "epochs": 100}), "--data-dir", str(data_dir), "--no-verify"]
+    env = {**os.environ, "RESNETS_DATA": str(tmp_path / "empty-cache"), "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "resnets.cli", *argv, "--out", str(out_dir)], env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not (out_dir / "metrics.csv").exists():  # written after the first epoch
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "no epoch finished within a minute"
+            time.sleep(0.02)
+        os.kill(process.pid, signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert f"Resume with: resnets train --resume {out_dir}" in stderr
+    assert stderr.strip().splitlines()[-1].startswith("resnets: interrupted in epoch ")
+    assert "training cifar_resnet20 on fashion-mnist" in stdout and "\nepoch 1, loss" in stdout
+    assert "note: stopping after this step (Ctrl-C again to abort without saving)" in stdout
+    position = load_checkpoint(out_dir / "checkpoints" / "last.pt")["position"]
+    assert position["batch"] > 0  # stopped after a step, inside an epoch
+    epochs = position["epoch"] + 1  # finish the epoch it was stopped in
 
-    monkeypatch.setattr(Trainer, "__init__", lambda self, *a, **k: None)
-    monkeypatch.setattr(Trainer, "fit", interrupted)
-    code, _, err = run(capsys, "train")
-    assert (
-        code == 130 and err.startswith("resnets: interrupted in epoch 1;") and "Resume with" in err
-    )
+    code, out, err = run(capsys, "train", "--resume", str(out_dir), "--epochs", str(epochs),
+                         "--quiet")  # fmt: skip
+    assert code == 0, err
+    assert out.startswith(f"done: {epochs} epochs")
+    straight = tmp_path / "straight"
+    code, _, err = run(capsys, *argv, "--epochs", str(epochs), "--out", str(straight), "--quiet")
+    assert code == 0, err
+    resumed = load_checkpoint(out_dir / "checkpoints" / "last.pt")["model"]
+    expected = load_checkpoint(straight / "checkpoints" / "last.pt")["model"]
+    assert resumed.keys() == expected.keys()
+    assert all(torch.equal(resumed[k], expected[k]) for k in expected)
 
 
 def test_debug_shows_the_traceback(capsys: pytest.CaptureFixture[str]) -> None:

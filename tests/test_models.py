@@ -238,14 +238,23 @@ def test_cifar_preact_parameter_counts() -> None:
     assert len(blocks) == 333 and all(isinstance(b, PreActBottleneck) for b in blocks)
 
 
-def test_every_named_model_runs() -> None:
-    for name in resnets.list_models():
-        if name.endswith(("1202", "1001", "101", "152")):
-            continue  # counted above; their forward pass is slow and adds nothing new
-        model = resnets.create_model(name, num_classes=7).eval()
-        channels = model.in_channels
-        with torch.no_grad():
-            assert model(torch.rand(1, channels, 32, 32)).shape == (1, 7), name
+# The deepest models: counted above, run here on 8x8 images (their forward pass at 32x32 takes
+# seconds and adds nothing), and marked slow so that `-m "not slow"` leaves them out.
+HEAVY = ("1202", "1001", "101", "152")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(name, marks=pytest.mark.slow) if name.endswith(HEAVY) else name
+        for name in resnets.list_models()
+    ],
+)
+def test_every_named_model_runs(name: str) -> None:
+    model = resnets.create_model(name, num_classes=7).eval()
+    side = 8 if name.endswith(HEAVY) else 32
+    with torch.no_grad():
+        assert model(torch.rand(1, model.in_channels, side, side)).shape == (1, 7)
 
 
 def test_shortcut_functions_are_create_model() -> None:
@@ -267,13 +276,13 @@ def test_options() -> None:
     assert torch.count_nonzero(zero.bn1.weight) == 64
 
 
-def test_zero_init_residual_makes_blocks_identities() -> None:
-    for name in ("cifar_resnet20", "cifar_preact_resnet110"):
-        model = resnets.create_model(name, zero_init_residual=True).eval()
-        block = model.layer2[1]
-        x = torch.randn(1, 32, 8, 8)
-        expected = torch.relu(x) if name == "cifar_resnet20" else x
-        torch.testing.assert_close(block(x), expected)
+@pytest.mark.parametrize("name", ["cifar_resnet20", "cifar_preact_resnet110"])
+def test_zero_init_residual_makes_blocks_identities(name: str) -> None:
+    model = resnets.create_model(name, zero_init_residual=True).eval()
+    block = model.layer2[1]
+    x = torch.randn(1, 32, 8, 8)
+    expected = torch.relu(x) if name == "cifar_resnet20" else x
+    torch.testing.assert_close(block(x), expected)
 
 
 def test_features_and_stages() -> None:

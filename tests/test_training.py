@@ -29,8 +29,9 @@ from resnets.training import (
 )
 from resnets.training import checkpoint as checkpoint_module
 from resnets.training.recorder import METRICS
+from resnets.training.step import train_step
 
-from helpers import TINY, synthetic_dataset
+from helpers import TINY, synthetic_dataset, write_dataset
 
 DATA = synthetic_dataset()
 
@@ -126,18 +127,47 @@ def test_out_of_memory_falls_back_to_micro_batches(tmp_path: Path) -> None:
     assert run.history[-1]["train_acc"] > 0.3
 
 
-def test_micro_batches_give_the_same_gradients() -> None:
-    """Accumulating over micro-batches steps on the same effective batch (BN aside: no BN)."""
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
-    x, y = torch.randn(20, 4, 4), torch.randint(3, (20,))
-    whole = torch.autograd.grad(torch.nn.functional.cross_entropy(model(x), y), model[1].weight)[0]
-    parts = sum(
-        torch.autograd.grad(
-            torch.nn.functional.cross_entropy(model(xs), ys) * len(xs) / 20, model[1].weight
-        )[0]
-        for xs, ys in zip(x.split(6), y.split(6), strict=True)
-    )
-    torch.testing.assert_close(whole, parts)
+@pytest.mark.parametrize("targets", ["classes", "soft"])
+def test_micro_batches_take_the_same_optimizer_step(tmp_path: Path, targets: str) -> None:
+    """One `train_step` on the whole batch and one in micro-batches of 12 (12+12+12+12+2, so
+    the last share is small) move the weights to the same place.
+
+    The comparison is made with BatchNorm in eval mode (running statistics), where each image's
+    output depends on that image alone, so the summed, share-weighted micro-batch gradients
+    must equal the batch gradient. In train mode BN normalises by each micro-batch's own
+    statistics: that changes the function being differentiated, so a difference there is
+    legitimate and not what this test is about. Momentum, weight decay and label smoothing are
+    on, so every part of the optimizer step sees the accumulated gradients.
+    """
+    settings = {"momentum": 0.9, "weight_decay": 5e-4, "label_smoothing": 0.1}
+    whole = trainer(tmp_path, "whole", **settings)
+    split = trainer(tmp_path, "split", **settings)
+    split.fallback.size = 12
+    assert_same_weights(whole.model.state_dict(), split.model.state_dict())
+    x, y = next(iter(whole.batches.train.epoch(0)))
+    if targets == "soft":  # mixup-like targets: two classes per image, shares 0.7 / 0.3
+        y = 0.7 * torch.nn.functional.one_hot(y, 10) + 0.3 * torch.nn.functional.one_hot(
+            y.roll(1), 10
+        )
+    sizes: list[int] = []
+    split.model.register_forward_pre_hook(lambda _, inputs: sizes.append(len(inputs[0])))
+    results = []
+    for run in (whole, split):
+        run.model.eval()
+        run._set_lr(0)
+        results.append(train_step(run.parts, x, y))
+    assert sizes == [12, 12, 12, 12, 2]
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-5)  # summed loss
+    assert int(results[0][1]) == int(results[1][1])  # correct count
+    moved = whole.model.state_dict()
+    start = trainer(tmp_path, "start", **settings).model.state_dict()
+    for key, value in split.model.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, moved[key], rtol=0, atol=1e-6, msg=key)
+    assert not torch.equal(moved["fc.weight"], start["fc.weight"])  # the step did move them
+    # the momentum buffers (the gradients plus weight decay) agree too
+    for a, b in zip(whole.optimizer.state.values(), split.optimizer.state.values(), strict=True):
+        torch.testing.assert_close(a["momentum_buffer"], b["momentum_buffer"], rtol=1e-5, atol=1e-5)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
@@ -281,3 +311,104 @@ def test_freed_host_memory_is_reused_without_page_faults() -> None:
     kept, kept_faults = run("keep")
     # 24 tensors allocated; now and then the heap's layout lets one of them fault in afresh.
     assert kept and kept_faults <= 2 * pages, "later steps reuse the first steps' pages"
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """DATA written as Fashion-MNIST files; the system copy and the cache are out of reach."""
+    from resnets.data import FASHION_MNIST
+
+    monkeypatch.setattr(FASHION_MNIST, "system_dir", tmp_path / "no-system-copy")
+    monkeypatch.setenv("RESNETS_DATA", str(tmp_path / "empty-cache"))
+    return str(write_dataset(tmp_path / "data", DATA, monkeypatch))
+
+
+def test_validation_hold_out_chooses_the_best_epoch(tmp_path: Path, data_dir: str) -> None:
+    lines: list[str] = []
+    settings = {**TINY, "epochs": 3, "val_fraction": 0.2, "data_dir": data_dir}
+    config = make_config(overrides=settings)
+    run = build_trainer(config, run_dir=tmp_path / "run", log=lines.append)
+    assert (run.batches.train.count, run.batches.val.count) == (480, 120)  # 20% of each class
+    summary = run.fit()
+    assert summary["selected_on"] == "val"
+    history = run.history
+    top = max(r["val_acc"] for r in history)
+    best = [r for r in history if r["val_acc"] == top][-1]  # the last of equals
+    assert summary["best_val_acc"] == top and summary["best_epoch"] == best["epoch"]
+    assert summary["best_test_acc"] == best["test_acc"]
+    assert summary["final_val_acc"] == history[-1]["val_acc"]
+    best_pt = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
+    assert best_pt["position"]["epoch"] == best["epoch"]
+    with open(tmp_path / "run" / "metrics.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert all(row["val_acc"] != "" and row["val_loss"] != "" for row in rows)
+    assert [float(r["val_acc"]) for r in rows] == [r["val_acc"] for r in history]
+    assert "best on validation" in lines[-1] and "chosen on the test set" not in lines[-1]
+
+
+def test_without_a_hold_out_the_test_set_chooses_and_says_so(tmp_path: Path) -> None:
+    lines: list[str] = []
+    config = make_config(overrides={**TINY, "epochs": 1})
+    summary = build_trainer(config, data=DATA, run_dir=tmp_path / "run", log=lines.append).fit()
+    assert summary["selected_on"] == "test" and "best_val_acc" not in summary
+    assert "chosen on the test set" in lines[-1]
+    with open(tmp_path / "run" / "metrics.csv") as file:
+        assert [row["val_acc"] for row in csv.DictReader(file)] == [""]
+
+
+def test_version_1_checkpoints_load_and_evaluate(tmp_path: Path, data_dir: str) -> None:
+    from resnets.data import FASHION_MNIST
+    from resnets.training import evaluate_checkpoint
+
+    run = trainer(tmp_path, epochs=1, data_dir=data_dir)
+    run.fit()
+    current = evaluate_checkpoint(tmp_path / "run", confusion_png=False)
+    state = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)
+    state["version"] = 1
+    for key in ("model_name", "model_kwargs", "data_spec"):
+        del state[key]
+    for row in state["history"]:
+        del row["val_loss"], row["val_acc"]
+    old = tmp_path / "v1.pt"
+    torch.save(state, old)
+
+    upgraded = load_checkpoint(old)
+    assert upgraded["version"] == 2 and upgraded["model_name"] == "cifar_resnet20"
+    assert upgraded["model_kwargs"] == run.model_kwargs
+    assert upgraded["data_spec"] == FASHION_MNIST.spec.to_dict()
+    assert upgraded["history"][0]["val_acc"] is None
+    result = evaluate_checkpoint(old, confusion_png=False)
+    assert result["test_acc"] == current["test_acc"] == run.history[-1]["test_acc"]
+    assert result["images"] == len(DATA.test) and result["dataset"] == "fashion-mnist"
+
+
+def test_step_schedule() -> None:
+    """lr/10 for the warm-up, lr until the first milestone, then lr/10, then lr/100."""
+    settings = {"lr": 0.1, "schedule": "step", "warmup_epochs": 0.5, "milestones": (2, 3.5)}
+    config = make_config(overrides=settings)
+    rates = [learning_rate(config, step, 50, 10) for step in range(50)]
+    expected = [0.01] * 5 + [0.1] * 15 + [0.01] * 15 + [0.001] * 15
+    assert rates == pytest.approx(expected, rel=1e-12)
+    assert rates[4] != rates[5] and rates[19] != rates[20] and rates[34] != rates[35]
+
+
+def test_step_schedule_milestones_must_increase() -> None:
+    with pytest.raises(UsageError, match="increasing order"):
+        make_config(overrides={"schedule": "step", "milestones": (3, 2)})
+
+
+def test_cifar_paper_recipe_has_the_papers_numbers() -> None:
+    config = make_config(recipe="cifar-paper")
+    assert config.dataset == "cifar10" and config.model == "cifar_resnet20"
+    paper = (config.batch_size, config.lr, config.momentum, config.weight_decay)
+    assert paper == (128, 0.1, 0.9, 1e-4)
+    assert config.optimizer == "sgd" and config.schedule == "step"
+    steps = -(-50_000 // config.batch_size)  # 391 steps per epoch
+    assert steps == 391
+    iterations = [m * steps for m in config.milestones]
+    assert iterations == pytest.approx([32_000, 48_000], abs=steps / 2)
+    assert config.epochs * steps == pytest.approx(64_000, abs=steps)
+    assert config.warmup_epochs * steps == pytest.approx(400, abs=1)  # at lr 0.01
+    lrs = [learning_rate(config, s, config.epochs * steps, steps) for s in (0, 400, 32_100, 48_100)]
+    assert lrs == pytest.approx([0.01, 0.1, 0.01, 0.001])
+    assert "crop" in config.augment and "flip" in config.augment
