@@ -69,6 +69,7 @@ def benchmark(
     width: float = 1.0,
     dataset: str = "fashion-mnist",
     data_dir: str | None = None,
+    memory_budget: str | None = None,
 ) -> dict[str, Any]:
     """Training images/s (batch building, forward, backward, optimizer step) and evaluation
     images/s, each timed over `steps` batches after `warmup` untimed ones, and peak memory.
@@ -82,6 +83,7 @@ def benchmark(
             "eval_batch_size": batch_size, "precision": precision, "device": device,
             "channels_last": channels_last, "compile": compile, "small_input": small_input,
             "width": width, "dataset": dataset, "data_dir": data_dir,
+            "memory_budget": memory_budget,
         }
     )  # fmt: skip
     if warmup < 0:
@@ -131,6 +133,7 @@ def benchmark(
         "channels_last": runtime.channels_last,
         "compile": compile,
         "data": source,
+        "streamed": batches.train.stream,
         "steps": steps,
         "train_images_per_sec": train_rate,
         "eval_images_per_sec": steps * batch_size / eval_seconds,

@@ -108,6 +108,7 @@ def _bench(args: argparse.Namespace) -> int:
         precision=args.precision, device=args.device, steps=args.steps, warmup=args.warmup,
         channels_last=args.channels_last, compile=args.compile, small_input=args.small_input,
         width=args.width, dataset=args.dataset, data_dir=args.data_dir,
+        memory_budget=args.memory_budget,
     )  # fmt: skip
     if args.json:
         print(json.dumps(result, indent=2))
@@ -115,7 +116,8 @@ def _bench(args: argparse.Namespace) -> int:
     layout = "channels-last" if result["channels_last"] else "NCHW"
     print(
         f"{result['model']} at {result['image_size']}px, batch {result['batch_size']}, "
-        f"{result['device']} {result['precision']} {layout}, {result['data']} data, "
+        f"{result['device']} {result['precision']} {layout}, {result['data']} data"
+        f"{' (streamed from disk)' if result['streamed'] else ''}, "
         f"{result['steps']} timed steps"
     )
     print(f"train  {result['train_images_per_sec']:10.1f} images/s")
@@ -280,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--width", type=float, default=1.0, help="channel width multiplier")
     bench.add_argument("--dataset", default="fashion-mnist", help="data set (fashion-mnist)")
     bench.add_argument("--data-dir", help="where the data set is")
+    bench.add_argument("--memory-budget", metavar="SIZE",
+                       help="stream images from disk beyond this, e.g. 6GiB or 50%%")  # fmt: skip
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.set_defaults(handler=_bench)
 
