@@ -19,6 +19,11 @@ TINY: dict[str, Any] = {
 }  # fmt: skip
 
 
+def no_warning(message: str) -> None:
+    """A `warn` callback for calls that must not warn."""
+    raise AssertionError(f"unexpected warning: {message}")
+
+
 def separable(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """28x28 images whose class is where a bright 7x7 square sits, on a noisy background."""
     g = torch.Generator().manual_seed(seed)

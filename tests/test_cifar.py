@@ -27,6 +27,8 @@ from resnets.data.cifar import (
 )
 from resnets.errors import DataError, UsageError
 
+from helpers import no_warning
+
 PER_BATCH, N_TEST = 3, 4
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 # A marked pixel: flat index channel * 1024 + row * 32 + col in the (N, 3072) rows of the file.
@@ -209,9 +211,6 @@ def bless(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], Path]:
 
     return _bless
 
-
-def no_warning(message: str) -> None:
-    raise AssertionError(f"unexpected warning: {message}")
 
 
 def one_line_error(excinfo: pytest.ExceptionInfo[DataError]) -> str:

@@ -30,6 +30,8 @@ from resnets.data import mnist as fm
 from resnets.data.idx import idx_payload_sha256
 from resnets.errors import UsageError
 
+from helpers import no_warning
+
 STEMS = fm.STEMS
 SPEC = FASHION_MNIST.spec
 MEAN, STD = SPEC.mean[0], SPEC.std[0]
@@ -74,21 +76,8 @@ def load(data_dir: Path, *, verify: bool = True, **shaping: object) -> Dataset:
     return load_dataset("fashion-mnist", options, **shaping)
 
 
-def no_warning(message: str) -> None:
-    raise AssertionError(f"unexpected warning: {message}")
 
-
-@pytest.fixture(autouse=True)
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Point the system and cache dirs into tmp_path, and make any real network access fail."""
-
-    def no_network(*args: object, **kwargs: object) -> None:
-        raise AssertionError("tests must not touch the network")
-
-    monkeypatch.setattr(FASHION_MNIST, "system_dir", tmp_path / "system")
-    monkeypatch.setenv("RESNETS_DATA", str(tmp_path / "cache"))
-    monkeypatch.setattr(urllib.request, "urlopen", no_network)
-
+pytestmark = pytest.mark.usefixtures("offline_data")
 
 # --- IDX files ---
 
@@ -204,7 +193,7 @@ def test_label_out_of_range(tmp_path: Path) -> None:
 
 
 def test_data_dir_wins_over_system_and_cache(tmp_path: Path) -> None:
-    make_dataset(tmp_path / "system", seed=1)
+    make_dataset(tmp_path / "no-system-fashion", seed=1)
     make_dataset(tmp_path / "cache", seed=2)
     mine = make_dataset(tmp_path / "mine", seed=3)
     assert locate(tmp_path / "mine", verify=False, warn=lambda _: None) == tmp_path / "mine"
@@ -213,17 +202,17 @@ def test_data_dir_wins_over_system_and_cache(tmp_path: Path) -> None:
 
 
 def test_system_dir_wins_over_cache(tmp_path: Path) -> None:
-    make_dataset(tmp_path / "system", seed=1)
+    make_dataset(tmp_path / "no-system-fashion", seed=1)
     make_dataset(tmp_path / "cache", seed=2)
-    assert locate(verify=False, warn=lambda _: None) == tmp_path / "system"
-    assert fm.where(FASHION_MNIST) == tmp_path / "system"
+    assert locate(verify=False, warn=lambda _: None) == tmp_path / "no-system-fashion"
+    assert fm.where(FASHION_MNIST) == tmp_path / "no-system-fashion"
 
 
 def test_cache_used_when_system_missing_or_incomplete(tmp_path: Path) -> None:
     make_dataset(tmp_path / "cache", gz=False)
     assert locate(verify=False, warn=lambda _: None) == tmp_path / "cache"
-    make_dataset(tmp_path / "system")
-    (tmp_path / "system" / "train-labels-idx1-ubyte.gz").unlink()
+    make_dataset(tmp_path / "no-system-fashion")
+    (tmp_path / "no-system-fashion" / "train-labels-idx1-ubyte.gz").unlink()
     assert locate(verify=False, warn=lambda _: None) == tmp_path / "cache"
 
 
@@ -236,7 +225,7 @@ def test_cache_dir_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_incomplete_data_dir_names_missing_files(tmp_path: Path) -> None:
-    make_dataset(tmp_path / "system")
+    make_dataset(tmp_path / "no-system-fashion")
     make_dataset(tmp_path / "mine")
     (tmp_path / "mine" / "train-images-idx3-ubyte.gz").unlink()
     (tmp_path / "mine" / "t10k-labels-idx1-ubyte.gz").unlink()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -36,25 +35,9 @@ from resnets.data import (
 from resnets.data.mnist import STEMS
 from resnets.errors import UsageError
 
-from helpers import separable, synthetic_dataset, write_dataset
+from helpers import no_warning, separable, synthetic_dataset, write_dataset
 
-
-def no_warning(message: str) -> None:
-    raise AssertionError(f"unexpected warning: {message}")
-
-
-@pytest.fixture(autouse=True)
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No real data, no network: system folders and the cache point into tmp_path."""
-
-    def no_network(*args: object, **kwargs: object) -> None:
-        raise AssertionError("tests must not touch the network")
-
-    monkeypatch.setattr(FASHION_MNIST, "system_dir", tmp_path / "no-system-fashion")
-    monkeypatch.setattr(MNIST, "system_dir", tmp_path / "no-system-mnist")
-    monkeypatch.setenv("RESNETS_DATA", str(tmp_path / "cache"))
-    monkeypatch.setattr(urllib.request, "urlopen", no_network)
-
+pytestmark = pytest.mark.usefixtures("offline_data")
 
 # --- Fashion-MNIST batches: the same random numbers as before the refactor ------------------
 

@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ from tqdm import tqdm
 
 from resnets.data.spec import channel_stats
 from resnets.errors import DataError, UsageError
+from resnets.files import atomic_file, write_atomic
 
 FORMAT_VERSION = 1
 EXTENSIONS = (".bmp", ".jpeg", ".jpg", ".png", ".webp")
@@ -344,32 +344,26 @@ def _build(
     labels: list[int] = []
     skipped: list[str] = []
     data = f"{stem}.u8"
-    tmp = _temp_path(cache, data)
-    try:
-        with open(tmp, "r+b") as out:
-            out.truncate(int(np.prod(shape)))
-            array = np.memmap(out, dtype=np.uint8, mode="r+", shape=shape)
-            bar = tqdm(split.files, f"decoding {split.folder}", unit="img", disable=not progress)
-            with bar, _truncated_images_refused():
-                for path, label in bar:
-                    image = _decode(path, size, channels)
-                    if image is None:
-                        skipped.append(path.relative_to(root).as_posix())
-                        continue
-                    array[len(labels)] = image
-                    labels.append(label)
-            array.flush()
-            del array
-            _check_readable(split, labels, skipped)
-            out.truncate(len(labels) * channels * size * size)
-            out.flush()
-            os.fsync(out.fileno())
+    with atomic_file(cache / data, hidden=False) as out:
+        tmp = Path(out.name)
+        out.truncate(int(np.prod(shape)))
+        array = np.memmap(out, dtype=np.uint8, mode="r+", shape=shape)
+        bar = tqdm(split.files, f"decoding {split.folder}", unit="img", disable=not progress)
+        with bar, _truncated_images_refused():
+            for path, label in bar:
+                image = _decode(path, size, channels)
+                if image is None:
+                    skipped.append(path.relative_to(root).as_posix())
+                    continue
+                array[len(labels)] = image
+                labels.append(label)
+        array.flush()
+        del array
+        _check_readable(split, labels, skipped)
+        out.truncate(len(labels) * channels * size * size)
+        out.flush()
         shape = (len(labels), channels, size, size)
         mean, std = channel_stats(_map(tmp, shape))
-        os.replace(tmp, cache / data)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     meta = {
         "version": FORMAT_VERSION,
         "fingerprint": fingerprint,
@@ -385,8 +379,7 @@ def _build(
         "skipped": skipped,
         "labels": labels,
     }
-    _write_atomic(cache / str(meta["sidecar"]), json.dumps(meta).encode())
-    _fsync_dir(cache)
+    write_atomic(cache / str(meta["sidecar"]), json.dumps(meta), hidden=False)
     return meta
 
 
@@ -403,35 +396,6 @@ def _check_readable(split: _Split, labels: list[int], skipped: list[str]) -> Non
                 f"{split.folder / name}: none of its image files could be read; replace them "
                 "with readable images or remove the class folder"
             )
-
-
-def _temp_path(cache: Path, name: str) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=cache, prefix=f"{name}.", suffix=".tmp")
-    os.fchmod(fd, 0o644)  # mkstemp's 0o600 would hide a cache in a shared folder from others
-    os.close(fd)
-    return Path(tmp)
-
-
-def _write_atomic(path: Path, payload: bytes) -> None:
-    tmp = _temp_path(path.parent, path.name)
-    try:
-        with open(tmp, "wb") as out:
-            out.write(payload)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # not every system lets a folder be opened
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _remove_stale(cache: Path, prefix: str, keep: set[str]) -> None:

@@ -8,13 +8,13 @@ on loading.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from resnets.errors import ResnetsError
+from resnets.files import atomic_file
 
 FORMAT = "resnets-checkpoint"
 VERSION = 2
@@ -30,24 +30,9 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     A crash or a full disk at any moment leaves either the old file or the new one, never a
     half-written one.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as file:
-            torch.save({"format": FORMAT, "version": VERSION, **state}, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-    return path
+    with atomic_file(path) as file:
+        torch.save({"format": FORMAT, "version": VERSION, **state}, file)
+    return Path(path)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -14,6 +14,7 @@ from torch import nn
 
 from resnets.data.spec import DataSpec
 from resnets.errors import DataError
+from resnets.files import atomic_file
 from resnets.models import create_model
 from resnets.training.checkpoint import find_checkpoint, load_checkpoint, run_dir_of
 from resnets.training.config import make_config
@@ -127,8 +128,8 @@ def evaluate_checkpoint(
     }  # fmt: skip
     if confusion_png:
         title = f"{state['model_name']} on {spec.name}: test accuracy {100 * metrics['acc']:.2f}%"
-        result["confusion_png"] = str(
-            plot_confusion(metrics["confusion"], spec.classes, run_dir_of(file) / "confusion.png",
-                           title)  # fmt: skip
-        )
+        picture = run_dir_of(file) / "confusion.png"
+        with atomic_file(picture) as tmp:
+            plot_confusion(metrics["confusion"], spec.classes, tmp.name, title)
+        result["confusion_png"] = str(picture)
     return result

@@ -7,6 +7,7 @@ A run folder holds `config.yaml` (every setting, resolved, and the data spec), `
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Sequence
 from datetime import datetime
@@ -16,6 +17,7 @@ from typing import Any
 import yaml
 
 from resnets.errors import UsageError
+from resnets.files import atomic_file, write_atomic
 from resnets.training.checkpoint import save_checkpoint
 from resnets.training.plots import plot_curves
 
@@ -45,18 +47,20 @@ class RunFolder:
                 "or choose another --out"
             )
         self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / "config.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
+        write_atomic(self.path / "config.yaml", yaml.safe_dump(settings, sort_keys=False))
 
     def save(self, name: str, state: dict[str, Any]) -> Path:
         return save_checkpoint(state, self.path / "checkpoints" / f"{name}.pt")
 
     def write_metrics(self, history: Sequence[dict[str, Any]], title: str) -> None:
-        """`metrics.csv` (one row per epoch) and `curves.png`, rewritten whole each epoch."""
-        with open(self.path / "metrics.csv", "w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=METRICS)
-            writer.writeheader()
-            writer.writerows(history)
-        plot_curves(history, self.path / "curves.png", title=title)
+        """`metrics.csv` (one row per epoch) and `curves.png`, each replaced whole, atomically."""
+        table = io.StringIO(newline="")
+        writer = csv.DictWriter(table, fieldnames=METRICS)
+        writer.writeheader()
+        writer.writerows(history)
+        write_atomic(self.path / "metrics.csv", table.getvalue())
+        with atomic_file(self.path / "curves.png") as file:
+            plot_curves(history, file.name, title=title)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        (self.path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_atomic(self.path / "summary.json", json.dumps(summary, indent=2) + "\n")

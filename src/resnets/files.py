@@ -1,0 +1,58 @@
+"""Files that are either whole or absent: written beside their place, then renamed into it.
+
+A crash, a kill or a full disk at any moment leaves the old file or the new one, never half of
+one, and no temporary file behind when Python can still clean up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path, *, hidden: bool = True) -> Iterator[IO[bytes]]:
+    """A new file (opened "w+b") that replaces `path` only if the block ends without error.
+
+    The temporary file is `.NAME.XXXX.tmp` beside `path` (`NAME.XXXX.tmp` with hidden=False,
+    so a cleaner that globs NAME* finds leftovers); its `name` attribute is its path. On
+    success it is flushed, fsynced, renamed over `path`, and the folder is fsynced.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}." if hidden else f"{path.name}.", suffix=".tmp"
+    )
+    os.fchmod(fd, 0o644)  # mkstemp's 0o600 would hide a shared cache from other users
+    os.close(fd)
+    try:
+        with open(tmp, "w+b") as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def write_atomic(path: str | Path, payload: bytes | str, *, hidden: bool = True) -> Path:
+    """Write `payload` (str as UTF-8) to `path` atomically."""
+    with atomic_file(path, hidden=hidden) as file:
+        file.write(payload.encode() if isinstance(payload, str) else payload)
+    return Path(path)
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """Make a rename in `folder` durable; a no-op where folders cannot be opened."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
