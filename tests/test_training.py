@@ -102,29 +102,60 @@ def test_ctrl_c_saves_a_checkpoint_and_resumes_mid_epoch(tmp_path: Path) -> None
     assert_same_weights(straight.model.state_dict(), resumed.model.state_dict())
 
 
-def test_out_of_memory_falls_back_to_micro_batches(tmp_path: Path) -> None:
-    run = trainer(tmp_path, epochs=1)
-    notices: list[str] = []
-    run.fallback.announce = notices.append
+def limit_forward(run: Trainer, most: int) -> list[int]:
+    """Make the model fail as CUDA does for training batches larger than `most`; returns the
+    sizes it ran on."""
     forward = run.model.forward
     sizes: list[int] = []
 
     def limited_forward(x: torch.Tensor) -> torch.Tensor:
-        if run.model.training and len(x) > 16:
+        if run.model.training and len(x) > most:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         sizes.append(len(x))
         return forward(x)
 
-    run.model.forward = limited_forward
-    steps = []
+    run.model.forward = limited_forward  # type: ignore[method-assign]
+    return sizes
+
+
+def count_optimizer_steps(run: Trainer) -> list[int]:
+    steps: list[int] = []
     optimizer_step = run.optimizer.step
-    run.optimizer.step = lambda *a, **k: steps.append(1) or optimizer_step(*a, **k)
+    run.optimizer.step = lambda *a, **k: steps.append(1) or optimizer_step(*a, **k)  # type: ignore[method-assign]
+    return steps
+
+
+def test_out_of_memory_falls_back_to_micro_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reactive path alone (no plan): a step that runs out of memory is split."""
+    run = trainer(tmp_path, epochs=1)
+    monkeypatch.setattr(run, "plan_memory", lambda: None)
+    notices: list[str] = []
+    run.fallback.announce = notices.append
+    sizes = limit_forward(run, 16)
+    steps = count_optimizer_steps(run)
     run.fit()
     assert len(steps) == len(run.batches.train) == 12  # one optimizer step per batch of 50
     assert run.fallback.size == 12 and max(s for s in sizes if s != 100) <= 16
     assert len(notices) == 2  # 50 -> 25 -> 12, said once each
     assert "accumulating gradients" in notices[0]
     assert run.history[-1]["train_acc"] > 0.3
+
+
+def test_the_plan_finds_a_micro_batch_that_fits_before_training(tmp_path: Path) -> None:
+    """A probe that runs out of memory is halved until one fits, and training then never
+    needs the fallback."""
+    run = trainer(tmp_path, epochs=1)
+    notices: list[str] = []
+    run.fallback.announce = notices.append
+    sizes = limit_forward(run, 16)
+    steps = count_optimizer_steps(run)
+    run.fit()
+    assert notices == []  # the fallback was never needed
+    assert run.fallback.size == 12  # 50 -> 25 -> 12
+    assert len(steps) == len(run.batches.train) == 12
+    assert max(s for s in sizes if s != 100) <= 16
 
 
 @pytest.mark.parametrize("targets", ["classes", "soft"])

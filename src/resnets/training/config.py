@@ -150,7 +150,7 @@ class TrainConfig:
         parse_augment(self.augment)
         get_entry(self.dataset)
         if self.memory_budget is not None:
-            parse_memory_budget(self.memory_budget)
+            parse_memory_budget(self.memory_budget, of=1)
         return self
 
     def to_dict(self) -> dict[str, Any]:

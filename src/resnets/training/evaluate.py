@@ -20,6 +20,7 @@ from resnets.training.checkpoint import find_checkpoint, load_checkpoint, run_di
 from resnets.training.config import make_config
 from resnets.training.ema import averaged_weights
 from resnets.training.memory import MemoryFallback
+from resnets.training.plan import find_budget, plan_memory
 from resnets.training.plots import plot_confusion
 from resnets.training.runtime import Runtime, autocast
 
@@ -115,6 +116,13 @@ def evaluate_checkpoint(
     model.load_state_dict(averaged_weights(state["ema"]) if state.get("ema") else state["model"])
     model = model.to(runtime.device, memory_format=runtime.memory_format)  # type: ignore[call-overload]
     test = factory.build_batches(config, replace(data, val=None), runtime, quiet=True).test
+    plan = plan_memory(
+        model=model, model_name=state["model_name"], model_kwargs=state["model_kwargs"],
+        runtime=runtime, shape=(spec.channels, config.image_size, config.image_size),
+        batch_size=None, eval_batch_size=test.batch_size, optimizer_copies=0,
+        budget=find_budget(config.memory_budget, runtime.device),
+    )  # fmt: skip
+    test.batch_size = plan.eval_batch
     metrics = evaluate(
         model, test.epoch(0), device=runtime.device, precision=runtime.precision,
         tta=config.tta and spec.mirror_ok, num_classes=spec.num_classes,

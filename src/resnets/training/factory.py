@@ -22,7 +22,8 @@ from resnets.models import create_model
 from resnets.training.checkpoint import find_checkpoint, load_checkpoint, run_dir_of
 from resnets.training.config import TrainConfig, make_config
 from resnets.training.loop import Batches, Trainer
-from resnets.training.memory import format_bytes, parse_memory_budget
+from resnets.training.memory import format_bytes
+from resnets.training.plan import DATA_SHARE, find_budget
 from resnets.training.recorder import RunFolder, default_run_dir
 from resnets.training.runtime import Runtime, seeded
 
@@ -95,12 +96,12 @@ def build_batches(
     """Batches of every split; images beyond the memory budget are streamed from disk."""
     splits = [s for s in (data.train, data.val, data.test) if s is not None]
     needed = sum(s.nbytes() for s in splits)
-    budget = parse_memory_budget(config.memory_budget)
-    stream = needed > budget
+    budget = find_budget(config.memory_budget, runtime.device)
+    stream = needed > DATA_SHARE * budget.headroom
     if stream:
         notice(quiet)(
-            f"the images take {format_bytes(needed)}, more than the memory budget of "
-            f"{format_bytes(budget)}: batches are read from disk as they are needed"
+            f"the images take {format_bytes(needed)}, more than half the memory left of a "
+            f"budget of {budget.describe()}: batches are read from disk as they are needed"
         )
 
     def batches(split: Split, train: bool) -> DeviceBatches:

@@ -27,6 +27,7 @@ from resnets.training.config import TrainConfig
 from resnets.training.ema import build_ema
 from resnets.training.evaluate import evaluate
 from resnets.training.memory import MemoryFallback
+from resnets.training.plan import find_budget, optimizer_copies, plan_memory
 from resnets.training.recorder import RunFolder
 from resnets.training.runtime import Runtime, peak_memory_bytes, reset_peak_memory
 from resnets.training.schedule import learning_rate
@@ -287,8 +288,33 @@ class Trainer:
         finally:
             signal.signal(signal.SIGINT, previous)
 
+    def plan_memory(self) -> None:
+        """Fit the micro-batch and evaluation batch sizes to the memory budget (see plan.py).
+
+        A micro-batch given with --micro-batch is used as it is.
+        """
+        if self.config.micro_batch is not None:
+            return
+        size = self.config.image_size
+        plan = plan_memory(
+            model=self.model, model_name=self.config.model, model_kwargs=self.model_kwargs,
+            runtime=self.runtime, shape=(self.spec.channels, size, size),
+            batch_size=self.config.batch_size, eval_batch_size=self.config.eval_batch_size,
+            optimizer_copies=optimizer_copies(
+                self.config.optimizer, self.config.resolved_momentum(), self.config.ema
+            ),
+            budget=find_budget(self.config.memory_budget, self.device),
+            current=self.fallback.size,
+        )  # fmt: skip
+        self.fallback.size = plan.micro_batch
+        for batches in (self.batches.test, self.batches.val):
+            if batches is not None:
+                batches.batch_size = min(batches.batch_size, plan.eval_batch)
+        self._notice(plan.message)
+
     def fit(self) -> dict[str, Any]:
         """Train until `config.epochs` epochs are done; return the run's summary."""
+        self.plan_memory()
         settings = {**self.config.to_dict(), "data_spec": self.spec.to_dict()}
         self.folder.start(settings, fresh=self.position == Position())
         reset_peak_memory(self.device)

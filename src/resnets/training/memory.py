@@ -6,6 +6,7 @@ import gc
 import math
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -85,41 +86,100 @@ def _read_int(path: Path) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def available_memory() -> int:
-    """Bytes this process may still take: the machine's available memory, or less where a
-    cgroup (a container or a job scheduler) limits the process."""
-    available = None
+def machine_available_memory() -> int:
+    """The machine's available memory (MemAvailable: free plus reclaimable cache)."""
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
-                available = int(line.split()[1]) * 1024
+                return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
-    if available is None:
-        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-    for limit_file, usage_file in (("memory.max", "memory.current"),
-                                   ("memory.limit_in_bytes", "memory.usage_in_bytes")):  # fmt: skip
-        for folder in _cgroup_folders():
-            limit, usage = _read_int(folder / limit_file), _read_int(folder / usage_file)
-            if limit is not None and usage is not None and limit < 2**60:
-                available = min(available, max(0, limit - usage))
-    return available
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+@dataclass(frozen=True)
+class CgroupLimit:
+    """A cgroup memory limit and how much of it is taken (page cache that can be reclaimed
+    does not count as taken)."""
+
+    limit: int
+    usage: int
+    reclaimable: int
+
+    @property
+    def headroom(self) -> int:
+        return max(0, self.limit - max(0, self.usage - self.reclaimable))
+
+
+def _cgroup_mounts() -> dict[str, Path]:
+    """Mount points of the cgroup v2 hierarchy ("") and the v1 memory controller ("memory")."""
+    mounts: dict[str, Path] = {}
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return mounts
+    for line in lines:
+        fields = line.split()
+        if " - " not in line:
+            continue
+        kind, _, options = line.split(" - ", 1)[1].split()[:3]
+        if kind == "cgroup2":
+            mounts.setdefault("", Path(fields[4]))
+        elif kind == "cgroup" and "memory" in options.split(","):
+            mounts.setdefault("memory", Path(fields[4]))
+    return mounts
 
 
 def _cgroup_folders() -> list[Path]:
-    """This process's cgroup folders (v2 unified, v1 memory controller)."""
-    folders: list[Path] = []
+    """This process's memory cgroup folders and their ancestors, innermost first."""
+    mounts = _cgroup_mounts()
     try:
         lines = Path("/proc/self/cgroup").read_text().splitlines()
     except OSError:
-        return folders
+        return []
+    folders = []
     for line in lines:
         _, controllers, path = line.split(":", 2)
-        if controllers == "":
-            folders.append(Path("/sys/fs/cgroup") / path.lstrip("/"))
-        elif "memory" in controllers.split(","):
-            folders.append(Path("/sys/fs/cgroup/memory") / path.lstrip("/"))
+        key = "" if controllers == "" else "memory" if "memory" in controllers.split(",") else None
+        if key is None or key not in mounts:
+            continue
+        folder = mounts[key] / path.lstrip("/")
+        while True:
+            folders.append(folder)
+            if folder == mounts[key]:
+                break
+            folder = folder.parent
     return folders
+
+
+def _reclaimable(folder: Path) -> int:
+    try:
+        for line in (folder / "memory.stat").read_text().splitlines():
+            key, value = line.split()
+            if key in ("inactive_file", "total_inactive_file"):
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+# (limit, usage) file names: cgroup v2, then v1.
+LIMIT_FILES = (("memory.max", "memory.current"), ("memory.limit_in_bytes", "memory.usage_in_bytes"))
+
+
+def cgroup_limit() -> CgroupLimit | None:
+    """The tightest cgroup memory limit on this process (v2 memory.max, v1
+    memory.limit_in_bytes, here or in an ancestor), or None where there is none."""
+    tightest = None
+    for folder in _cgroup_folders():
+        for limit_file, usage_file in LIMIT_FILES:
+            limit, usage = _read_int(folder / limit_file), _read_int(folder / usage_file)
+            if limit is None or usage is None or limit >= 2**60:
+                continue
+            found = CgroupLimit(limit, usage, _reclaimable(folder))
+            if tightest is None or found.headroom < tightest.headroom:
+                tightest = found
+    return tightest
 
 
 def format_bytes(count: float) -> str:
@@ -131,18 +191,15 @@ def format_bytes(count: float) -> str:
     return f"{count:.3g} TiB"
 
 
-def parse_memory_budget(text: str | None, default_share: float = 0.5) -> int:
-    """Bytes from "6GiB", "500MB", "1e9" or "80%" (of the available memory); None: the default
-    share of the available memory."""
-    if text is None:
-        return int(default_share * available_memory())
+def parse_memory_budget(text: str, of: int) -> int:
+    """Bytes from "6GiB", "500MB", "1e9", or "80%" (of `of`)."""
     raw = text.strip().lower().replace(" ", "")
     try:
         if raw.endswith("%"):
             share = float(raw[:-1])
             if not 0 < share <= 100:
                 raise ValueError
-            return int(share / 100 * available_memory())
+            return int(share / 100 * of)
         number = raw.rstrip("kmgtib")
         unit = raw[len(number) :]
         value = float(number) * _UNITS[unit]

@@ -122,6 +122,21 @@ def keep_freed_host_memory() -> bool:
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
+def release_freed_host_memory() -> bool:
+    """Hand memory that malloc holds free back to the kernel (glibc's malloc_trim).
+
+    With `keep_freed_host_memory` the heap never shrinks, so the resident memory is the
+    high-water mark of everything before; trimming first lets a measurement of a peak see
+    what the measured work itself takes. Returns whether it could be done.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0)) or True
+    except (OSError, AttributeError):
+        return False
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     if dtype is None:
