@@ -162,7 +162,8 @@ def _add_train_settings(parser: argparse.ArgumentParser) -> None:
     hints = typing.get_type_hints(TrainConfig)
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
-        kind = next(t for t in (typing.get_args(hints[field.name]) or (hints[field.name],)))
+        hint = hints[field.name]
+        kind = hint if typing.get_origin(hint) is tuple else (typing.get_args(hint) or (hint,))[0]
         default = f" (default: {field.default})" if field.default is not None else ""
         help_text = field.metadata["help"] + default
         if kind is bool:

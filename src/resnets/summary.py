@@ -47,6 +47,8 @@ def summarize(model: nn.Module, input_size: Sequence[int], depth: int = 1) -> di
     Returns {"layers": [{"name", "output_shape", "params"}], "params", "macs"}.
     """
     size = check_input_size(model, input_size)
+    if not (isinstance(depth, int) and depth >= 1):
+        raise UsageError(f"depth must be 1 (layers), 2 (also each block) or more, not {depth}")
     layers: list[dict[str, Any]] = []
     handles = []
 

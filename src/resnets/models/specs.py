@@ -7,6 +7,7 @@ the CIFAR rows are its section 4.2 (6n+2 layers, option-A shortcuts) and He et a
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,7 +82,8 @@ class UnknownModelError(UsageError):
     """A model name that is not in MODEL_SPECS."""
 
     def __init__(self, name: str) -> None:
-        super().__init__(f"unknown model {name!r}; choose one of: {', '.join(MODEL_SPECS)}")
+        given = repr(name) if len(repr(name)) <= 60 else f"{repr(name)[:57]}..."
+        super().__init__(f"unknown model {given}; choose one of: {', '.join(MODEL_SPECS)}")
 
 
 def list_models() -> list[str]:
@@ -129,8 +131,8 @@ def create_model(
         raise UsageError(
             f"unknown option(s) {', '.join(sorted(unknown))}; valid: {', '.join(MODEL_OPTIONS)}"
         )
-    if not width > 0:
-        raise UsageError(f"width must be positive, not {width}")
+    if not (isinstance(width, int | float) and math.isfinite(width) and width > 0):
+        raise UsageError(f"width must be a finite positive number, not {width}")
     spec = MODEL_SPECS[name]
     if "stride_on" in options and spec.block != "bottleneck":
         raise UsageError(f"stride_on applies to bottleneck networks only, not {name}")
