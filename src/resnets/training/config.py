@@ -18,7 +18,7 @@ import yaml
 
 from resnets.data.batches import parse_augment
 from resnets.data.datasets import get_entry
-from resnets.errors import UsageError
+from resnets.errors import UsageError, shown
 from resnets.models.specs import MODEL_SPECS, UnknownModelError
 from resnets.training.memory import parse_memory_budget
 
@@ -48,12 +48,6 @@ FLOAT_RANGES: tuple[tuple[str, float, float | None, bool], ...] = (
     ("width", 0, None, False),
     ("val_fraction", 0, 1, True),
 )
-
-
-def shown(value: Any, limit: int = 60) -> str:
-    """`repr(value)`, cut to `limit` characters, for quoting what a user gave in a message."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def _setting(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
