@@ -127,6 +127,16 @@ def test_bench_names_the_bad_option(
         (["--width", "nan"], "width must be a finite positive number, not nan"),
         (["--width", "inf"], "width must be a finite positive number, not inf"),
         (["--depth", "0"], "depth must be 1 (layers), 2 (also each block) or more, not 0"),
+        (
+            ["--width", "1e300"],
+            "cifar_resnet20 at width 1e+300 has 6.4e+301 channels in its widest stage, too many "
+            "to build; use a width near 1",
+        ),
+        (
+            ["--width", "1e15"],
+            "cifar_resnet20 at width 1e+15 has 6.4e+16 channels in its widest stage, too many "
+            "to build; use a width near 1",
+        ),
     ],
 )
 def test_summary_names_the_bad_option(

@@ -139,13 +139,24 @@ def create_model(
     expansion = 4 if spec.block.endswith("bottleneck") else 1
     kwargs: dict[str, Any] = {**spec.options, **options}
     stem: Stem = "cifar" if small_input else spec.stem
-    return ResNet(
-        spec.block,
-        spec.layers,
-        tuple(_scale(w, width, expansion) for w in spec.widths),
-        in_channels=spec.in_channels if in_channels is None else in_channels,
-        num_classes=spec.num_classes if num_classes is None else num_classes,
-        stem=stem,
-        stem_width=_scale(spec.stem_width, width, 1),
-        **kwargs,
-    )
+    widths = tuple(_scale(w, width, expansion) for w in spec.widths)
+    try:
+        return ResNet(
+            spec.block,
+            spec.layers,
+            widths,
+            in_channels=spec.in_channels if in_channels is None else in_channels,
+            num_classes=spec.num_classes if num_classes is None else num_classes,
+            stem=stem,
+            stem_width=_scale(spec.stem_width, width, 1),
+            **kwargs,
+        )
+    except (RuntimeError, TypeError, OverflowError) as error:
+        # torch cannot allocate (or even size) the weights: say which setting made them so large
+        text = str(error)
+        if "allocate" not in text and "Overflow" not in text:
+            raise
+        raise UsageError(
+            f"{name} at width {width:g} has {max(widths):.3g} channels in its widest stage, too "
+            "many to build; use a width near 1"
+        ) from error
