@@ -54,6 +54,40 @@ def bench_data(config: TrainConfig, images: int) -> tuple[Dataset, str]:
         return data, "synthetic"
 
 
+def bench_config(
+    model: str = "d2l_resnet18",
+    *,
+    image_size: int = 96,
+    batch_size: int = 256,
+    precision: str = "auto",
+    device: str = "auto",
+    steps: int = 20,
+    warmup: int = 3,
+    channels_last: bool | None = None,
+    compile: bool = False,
+    small_input: bool = False,
+    width: float = 1.0,
+    dataset: str = "fashion-mnist",
+    data_dir: str | None = None,
+    memory_budget: str | None = None,
+) -> TrainConfig:
+    """The settings `benchmark` runs with, validated; UsageError names the first bad one."""
+    config = make_config(
+        overrides={
+            "model": model, "image_size": image_size, "batch_size": batch_size,
+            "eval_batch_size": batch_size, "precision": precision, "device": device,
+            "channels_last": channels_last, "compile": compile, "small_input": small_input,
+            "width": width, "dataset": dataset, "data_dir": data_dir,
+            "memory_budget": memory_budget,
+        }
+    )  # fmt: skip
+    if not (isinstance(steps, int) and steps >= 1):
+        raise UsageError(f"steps must be a positive integer, not {steps}")
+    if not (isinstance(warmup, int) and warmup >= 0):
+        raise UsageError(f"warmup must be 0 or more batches, not {warmup}")
+    return config
+
+
 def benchmark(
     model: str = "d2l_resnet18",
     *,
@@ -77,17 +111,12 @@ def benchmark(
     Peak memory is the device's peak allocation on a GPU and the process's peak resident memory
     on the CPU (so run one benchmark per process to compare them).
     """
-    config = make_config(
-        overrides={
-            "model": model, "image_size": image_size, "batch_size": batch_size,
-            "eval_batch_size": batch_size, "precision": precision, "device": device,
-            "channels_last": channels_last, "compile": compile, "small_input": small_input,
-            "width": width, "dataset": dataset, "data_dir": data_dir,
-            "memory_budget": memory_budget,
-        }
+    config = bench_config(
+        model, image_size=image_size, batch_size=batch_size, precision=precision,
+        device=device, steps=steps, warmup=warmup, channels_last=channels_last,
+        compile=compile, small_input=small_input, width=width, dataset=dataset,
+        data_dir=data_dir, memory_budget=memory_budget,
     )  # fmt: skip
-    if warmup < 0:
-        raise UsageError(f"warmup must be 0 or more batches, not {warmup}")
     data, source = bench_data(config, batch_size * (warmup + steps))
     runtime = Runtime.resolve(config.device, config.precision, config.channels_last)
     config = fit_to_data(config, data.spec, quiet=True)

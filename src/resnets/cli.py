@@ -8,9 +8,11 @@ import json
 import sys
 import typing
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
-from resnets.bench import benchmark
+import yaml
+
+from resnets.bench import bench_config, benchmark
 from resnets.data import DataOptions, describe, list_datasets
 from resnets.errors import ResnetsError, UsageError
 from resnets.models import create_model, default_input_size, list_models
@@ -22,7 +24,11 @@ from resnets.training import (
     make_config,
     resume_trainer,
 )
+from resnets.training.checkpoint import model_from_checkpoint
 from resnets.training.config import PRECISIONS
+from resnets.training.evaluate import eval_config
+from resnets.training.factory import resume_config
+from resnets.training.runtime import Runtime
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -54,9 +60,23 @@ def _summary(args: argparse.Namespace) -> int:
         small_input=args.small_input,
         width=args.width,
     )
-    size = args.input_size or (model.in_channels, *default_input_size(args.name)[1:])
+    if args.image_size is not None and args.input_size is not None:
+        raise UsageError("give --image-size N or --input-size C H W, not both")
+    if args.image_size is not None:
+        size = (model.in_channels, args.image_size, args.image_size)
+    else:
+        size = args.input_size or (model.in_channels, *default_input_size(args.name)[1:])
     summary = summarize(model, size, depth=args.depth)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    return 0
+
+
+def _dry_run(config: TrainConfig, what: str, extra: dict[str, Any] | None = None) -> int:
+    """Print the settings as YAML (as config.yaml holds them), after checking the device."""
+    runtime = Runtime.resolve(config.device, config.precision, config.channels_last)
+    print(f"# {what}: these settings are valid; it would run on {runtime.device} "
+          f"({runtime.precision}); --dry-run read no data and ran nothing")  # fmt: skip
+    print(yaml.safe_dump({**config.to_dict(), **(extra or {})}, sort_keys=False), end="")
     return 0
 
 
@@ -67,7 +87,12 @@ def _train(args: argparse.Namespace) -> int:
             raise UsageError(
                 "--resume continues a run with its saved settings; drop --recipe/--config"
             )
+        if args.dry_run:
+            path, _, config = resume_config(args.resume, settings)
+            return _dry_run(config, f"resnets train --resume {path}")
         trainer = resume_trainer(args.resume, settings, quiet=args.quiet)
+    elif args.dry_run:
+        return _dry_run(make_config(args.recipe, args.config, settings), "resnets train")
     else:
         trainer = build_trainer(make_config(args.recipe, args.config, settings), quiet=args.quiet)
     trainer.fit()
@@ -79,6 +104,10 @@ def _eval(args: argparse.Namespace) -> int:
         "device": args.device, "data_dir": args.data_dir, "test_samples": args.test_samples,
         "eval_batch_size": args.batch_size, "tta": args.tta, "verify": args.verify,
     }  # fmt: skip
+    if args.dry_run:
+        file, state, config = eval_config(args.run, overrides)
+        model_from_checkpoint(state, file)  # the weights fit the network it names
+        return _dry_run(config, f"resnets eval {file}")
     result = evaluate_checkpoint(args.run, overrides)
     if args.json:
         keys = ("dataset", "test_acc", "test_loss", "per_class", "confusion", "images",
@@ -103,13 +132,17 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    result = benchmark(
-        args.model, image_size=args.image_size, batch_size=args.batch_size,
-        precision=args.precision, device=args.device, steps=args.steps, warmup=args.warmup,
+    options: dict[str, Any] = dict(
+        image_size=args.image_size, batch_size=args.batch_size, precision=args.precision,
+        device=args.device, steps=args.steps, warmup=args.warmup,
         channels_last=args.channels_last, compile=args.compile, small_input=args.small_input,
         width=args.width, dataset=args.dataset, data_dir=args.data_dir,
         memory_budget=args.memory_budget,
     )  # fmt: skip
+    if args.dry_run:
+        config = bench_config(args.model, **options)
+        return _dry_run(config, "resnets bench", {"steps": args.steps, "warmup": args.warmup})
+    result = benchmark(args.model, **options)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -162,7 +195,8 @@ def _add_train_settings(parser: argparse.ArgumentParser) -> None:
     hints = typing.get_type_hints(TrainConfig)
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
-        kind = next(t for t in (typing.get_args(hints[field.name]) or (hints[field.name],)))
+        hint = hints[field.name]
+        kind = hint if typing.get_origin(hint) is tuple else (typing.get_args(hint) or (hint,))[0]
         default = f" (default: {field.default})" if field.default is not None else ""
         help_text = field.metadata["help"] + default
         if kind is bool:
@@ -190,8 +224,23 @@ def _positive_int(text: str) -> int:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line, like every other error of resnets: the usage of
+    `resnets train` alone is 23 lines, which buried the line that says what is wrong."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+DRY_RUN_HELP = (
+    "check every setting and print them resolved, as YAML (the run folder's config.yaml), "
+    "then stop: no data is read and nothing runs. Useful to check a config file or a long "
+    "command line before a long run"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="resnets",
         description="Residual networks: inspect them, train them on Fashion-MNIST, MNIST, CIFAR "
         "or your own images, measure them.",
@@ -214,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument(
         "--input-size", nargs=3, type=_positive_int, metavar=("C", "H", "W"),
         help="input image size (default: the model's channels at 224x224, 32x32 for cifar_*)",
+    )  # fmt: skip
+    summary.add_argument(
+        "--image-size", type=_positive_int, metavar="N",
+        help="square input of N x N pixels with the model's channels (like train and bench)",
     )  # fmt: skip
     summary.add_argument("--num-classes", type=_positive_int, help="classifier outputs")
     summary.add_argument("--in-channels", type=_positive_int, help="input image channels")
@@ -238,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", metavar="FILE", help="settings from a TOML or YAML file")
     train.add_argument("--resume", metavar="DIR", help="continue the run in DIR (or checkpoint)")
     train.add_argument("--quiet", action="store_true", help="print only the final line")
+    train.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
     _add_train_settings(train)
     train.set_defaults(handler=_train)
 
@@ -258,6 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                           help="average with mirror images (default: as trained)")  # fmt: skip
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument(
+        "--dry-run", action="store_true", help=DRY_RUN_HELP.replace("no data", "the checkpoint "
+        "is loaded and its weights checked against its network, but no data")
+    )  # fmt: skip
     evaluate.set_defaults(handler=_eval)
 
     bench = commands.add_parser(
@@ -285,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--memory-budget", metavar="SIZE",
                        help="stream images from disk beyond this, e.g. 6GiB or 50%%")  # fmt: skip
     bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
     bench.set_defaults(handler=_bench)
 
     datasets = commands.add_parser(

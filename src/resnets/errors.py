@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """`repr(value)`, cut to `limit` characters, for quoting what a user gave in a message."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
 
 class ResnetsError(Exception):
     """A failure the user can fix: the message names the thing and the fix.

@@ -19,8 +19,13 @@ def count_params(model: nn.Module) -> int:
 
 def check_input_size(model: nn.Module, input_size: Sequence[int]) -> tuple[int, int, int]:
     """Validate a (C, H, W) input size against the model; raise UsageError naming the problem."""
-    if len(input_size) != 3 or any(not isinstance(v, int) or v < 1 for v in input_size):
-        raise UsageError(f"input size must be three positive integers C H W, not {input_size}")
+    if len(input_size) != 3 or any(
+        not isinstance(v, int) or not 1 <= v < 2**31 for v in input_size
+    ):
+        shown = " ".join(str(v) if len(str(v)) <= 20 else f"{str(v)[:17]}..." for v in input_size)
+        raise UsageError(
+            f"input size must be three positive integers C H W below 2**31, not {shown}"
+        )
     channels = getattr(model, "in_channels", None)
     if channels is not None and input_size[0] != channels:
         raise UsageError(
@@ -47,6 +52,8 @@ def summarize(model: nn.Module, input_size: Sequence[int], depth: int = 1) -> di
     Returns {"layers": [{"name", "output_shape", "params"}], "params", "macs"}.
     """
     size = check_input_size(model, input_size)
+    if not (isinstance(depth, int) and depth >= 1):
+        raise UsageError(f"depth must be 1 (layers), 2 (also each block) or more, not {depth}")
     layers: list[dict[str, Any]] = []
     handles = []
 

@@ -7,6 +7,7 @@ the CIFAR rows are its section 4.2 (6n+2 layers, option-A shortcuts) and He et a
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,7 +82,8 @@ class UnknownModelError(UsageError):
     """A model name that is not in MODEL_SPECS."""
 
     def __init__(self, name: str) -> None:
-        super().__init__(f"unknown model {name!r}; choose one of: {', '.join(MODEL_SPECS)}")
+        given = repr(name) if len(repr(name)) <= 60 else f"{repr(name)[:57]}..."
+        super().__init__(f"unknown model {given}; choose one of: {', '.join(MODEL_SPECS)}")
 
 
 def list_models() -> list[str]:
@@ -129,21 +131,32 @@ def create_model(
         raise UsageError(
             f"unknown option(s) {', '.join(sorted(unknown))}; valid: {', '.join(MODEL_OPTIONS)}"
         )
-    if not width > 0:
-        raise UsageError(f"width must be positive, not {width}")
+    if not (isinstance(width, int | float) and math.isfinite(width) and width > 0):
+        raise UsageError(f"width must be a finite positive number, not {width}")
     spec = MODEL_SPECS[name]
     if "stride_on" in options and spec.block != "bottleneck":
         raise UsageError(f"stride_on applies to bottleneck networks only, not {name}")
     expansion = 4 if spec.block.endswith("bottleneck") else 1
     kwargs: dict[str, Any] = {**spec.options, **options}
     stem: Stem = "cifar" if small_input else spec.stem
-    return ResNet(
-        spec.block,
-        spec.layers,
-        tuple(_scale(w, width, expansion) for w in spec.widths),
-        in_channels=spec.in_channels if in_channels is None else in_channels,
-        num_classes=spec.num_classes if num_classes is None else num_classes,
-        stem=stem,
-        stem_width=_scale(spec.stem_width, width, 1),
-        **kwargs,
-    )
+    widths = tuple(_scale(w, width, expansion) for w in spec.widths)
+    try:
+        return ResNet(
+            spec.block,
+            spec.layers,
+            widths,
+            in_channels=spec.in_channels if in_channels is None else in_channels,
+            num_classes=spec.num_classes if num_classes is None else num_classes,
+            stem=stem,
+            stem_width=_scale(spec.stem_width, width, 1),
+            **kwargs,
+        )
+    except (RuntimeError, TypeError, OverflowError) as error:
+        # torch cannot allocate (or even size) the weights: say which setting made them so large
+        text = str(error)
+        if "allocate" not in text and "Overflow" not in text:
+            raise
+        raise UsageError(
+            f"{name} at width {width:g} has {max(widths):.3g} channels in its widest stage, too "
+            "many to build; use a width near 1"
+        ) from error

@@ -8,13 +8,21 @@ on loading.
 
 from __future__ import annotations
 
+import pickle
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from resnets.errors import ResnetsError
+from resnets.data.spec import DataSpec
+from resnets.errors import ResnetsError, UsageError, shown
 from resnets.files import atomic_file
+from resnets.models import create_model
+from resnets.training.config import TrainConfig, make_config
+from resnets.training.ema import averaged_weights
 
 FORMAT = "resnets-checkpoint"
 VERSION = 2
@@ -35,25 +43,158 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     return Path(path)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint; raise CheckpointError naming the file if it is not a whole one."""
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", keys: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Read a checkpoint; raise CheckpointError naming the file if it is not a whole one, or
+    lacks any of `keys` (EVAL_KEYS to evaluate it, RESUME_KEYS to continue its run)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        # torch explains at length how to load such files unsafely; ours never need that
+        text = str(error)
+        if "WeightsUnpickler error:" in text and "Unsupported global" not in text:
+            detail = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0]
+            raise CheckpointError(
+                f"{path}: truncated or not a checkpoint ({detail[:120]})"
+            ) from error
+        if "Unsupported global" not in text:
+            raise _unreadable(path, error) from error
+        raise CheckpointError(
+            f"{path}: not a resnets checkpoint: it holds objects other than tensors and plain "
+            "data, which resnets never loads"
+        ) from error
     except Exception as error:  # torch.load fails in many ways on a foreign or cut-off file
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"{path}: truncated or not a checkpoint ({reason[:120]})") from error
+        raise _unreadable(path, error) from error
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a resnets checkpoint (no '{FORMAT}' marker)")
     if state.get("version") == 1:
+        require_keys(state, path, ("config", "model"))
         state = upgrade_v1(state)
     if state.get("version") != VERSION:
         raise CheckpointError(
-            f"{path}: checkpoint version {state.get('version')}; this resnets reads 1 and {VERSION}"
+            f"{path}: checkpoint version {shown(state.get('version'), 20)}; this resnets reads 1 "
+            f"and {VERSION}"
         )
+    require_keys(state, path, keys)
     return state
+
+
+# What every checkpoint holds (enough to evaluate it), and what resuming a run also needs.
+EVAL_KEYS = ("config", "model", "model_name", "model_kwargs", "data_spec", "position")
+RESUME_KEYS = (*EVAL_KEYS, "optimizer", "scaler", "ema", "history", "micro_batch", "rng")
+# Keys whose value is a table (a dict) in every checkpoint resnets writes.
+TABLES = ("config", "model", "model_kwargs", "data_spec", "position", "optimizer", "scaler", "rng")
+
+
+def _unreadable(path: Path, error: BaseException) -> CheckpointError:
+    return CheckpointError(f"{path}: truncated or not a checkpoint ({reason_of(error)})")
+
+
+def reason_of(error: BaseException) -> str:
+    """The first line of an exception's message, without terminal colour codes, cut short."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
+    return text.splitlines()[0][:120] if text else type(error).__name__
+
+
+def require_keys(state: dict[str, Any], path: str | Path, keys: Sequence[str]) -> None:
+    """Raise CheckpointError naming the keys of `keys` that `state` lacks or holds wrongly."""
+    missing = [key for key in keys if key not in state]
+    if missing:
+        raise CheckpointError(
+            f"{path}: not a whole resnets checkpoint: it lacks {', '.join(missing)} (it was not "
+            "written by resnets, or was edited); use another checkpoint"
+        )
+    for key in keys:
+        if key in TABLES and not isinstance(state[key], dict):
+            raise CheckpointError(
+                f"{path}: not a whole resnets checkpoint: its {key} is a "
+                f"{type(state[key]).__name__}, not a table; use another checkpoint"
+            )
+    if "position" in keys and not isinstance(state["position"].get("epoch"), int):
+        raise CheckpointError(f"{path}: not a whole resnets checkpoint: its position has no epoch")
+
+
+def saved_data_spec(state: dict[str, Any], path: str | Path) -> DataSpec:
+    """The data spec a checkpoint holds; CheckpointError if it is not one."""
+    try:
+        return DataSpec.from_dict(state["data_spec"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(
+            f"{path}: not a whole resnets checkpoint: its data_spec does not load "
+            f"({reason_of(error)})"
+        ) from error
+
+
+def check_state_dict(
+    model: nn.Module, weights: Any, path: str | Path, what: str = "weights"
+) -> dict[str, torch.Tensor]:
+    """`weights` if they fit `model` key for key and shape for shape; otherwise CheckpointError
+    naming the first keys missing or unexpected, or the first tensor whose shape differs.
+
+    Checked before `load_state_dict`, whose own errors are a traceback listing every tensor.
+    """
+    if not isinstance(weights, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()
+    ):
+        raise CheckpointError(f"{path}: its {what} are not a table of tensors; use another file")
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in weights]
+    unexpected = [key for key in weights if key not in expected]
+    if missing or unexpected:
+        parts = [
+            f"{label} {', '.join(keys[:SHOWN_KEYS])}{' ...' if len(keys) > SHOWN_KEYS else ''}"
+            f" ({len(keys)} in all)"
+            for label, keys in (("missing", missing), ("unexpected", unexpected))
+            if keys
+        ]
+        raise CheckpointError(
+            f"{path}: its {what} are not those of the model it names: {'; '.join(parts)}; the "
+            "file was edited or written by another program"
+        )
+    for key, tensor in expected.items():
+        found = weights[key]
+        if found.shape != tensor.shape:
+            raise CheckpointError(
+                f"{path}: its {what} are not those of the model it names: {key} is "
+                f"{tuple(found.shape)} in the file but {tuple(tensor.shape)} in the model; the "
+                "file was edited or written by another program"
+            )
+    return weights
+
+
+SHOWN_KEYS = 3  # keys named in a message about missing or unexpected weights
+
+
+def saved_config(path: str | Path, settings: dict[str, Any]) -> TrainConfig:
+    """Settings held in checkpoint `path` (with any changes) as a validated TrainConfig; an
+    error names the file (a checkpoint from another version of resnets, or edited by hand)."""
+    try:
+        return make_config(overrides=settings)
+    except UsageError as error:
+        raise CheckpointError(f"{path}: its saved settings do not load: {error}") from error
+
+
+def model_from_checkpoint(state: dict[str, Any], path: str | Path) -> tuple[nn.Module, str]:
+    """The network a checkpoint names, with its weights: the averaged (EMA) ones when it holds
+    them. Returns the model and which weights it has ("ema" or "model")."""
+    try:
+        model = create_model(state["model_name"], **state["model_kwargs"])
+    except (UsageError, TypeError, ValueError) as error:
+        raise CheckpointError(
+            f"{path}: its model {shown(state['model_name'], 40)} does not build: {reason_of(error)}"
+        ) from error
+    if state.get("ema"):
+        if not isinstance(state["ema"], dict):
+            raise CheckpointError(f"{path}: its averaged (EMA) weights are not a table of tensors")
+        weights = check_state_dict(model, averaged_weights(state["ema"]), path, "EMA weights")
+    else:
+        weights = check_state_dict(model, state["model"], path)
+    model.load_state_dict(weights)
+    return model, "ema" if state.get("ema") else "model"
 
 
 def upgrade_v1(state: dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,8 @@ import yaml
 
 from resnets.data.batches import parse_augment
 from resnets.data.datasets import get_entry
-from resnets.errors import UsageError
+from resnets.errors import UsageError, shown
+from resnets.models.specs import MODEL_SPECS, UnknownModelError
 from resnets.training.memory import parse_memory_budget
 
 if sys.version_info >= (3, 11):
@@ -31,6 +32,22 @@ SCHEDULES = ("constant", "onecycle", "cosine", "step")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LABELS = ("fine", "coarse")
 COLORS = ("auto", "gray", "rgb")
+
+# torch.manual_seed takes 64 bits and the batches seed with seed * 1_000_003 + epoch; 32 bits
+# leave room for both (and are what numpy and most tools call a seed).
+SEED_LIMIT = 2**32
+
+# Every float setting: (name, lowest, highest or None, lowest allowed). NaN and inf never are.
+FLOAT_RANGES: tuple[tuple[str, float, float | None, bool], ...] = (
+    ("lr", 0, None, False),
+    ("momentum", 0, 1, True),
+    ("weight_decay", 0, None, True),
+    ("warmup_epochs", 0, None, True),
+    ("label_smoothing", 0, 1, True),
+    ("ema", 0, 1, True),
+    ("width", 0, None, False),
+    ("val_fraction", 0, 1, True),
+)
 
 
 def _setting(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -114,19 +131,21 @@ class TrainConfig:
                 if not isinstance(value, tuple) or not all(
                     isinstance(m, int | float) and not isinstance(m, bool) for m in value
                 ):
-                    raise UsageError(f"milestones must be a list of epochs, not {value!r}")
+                    raise UsageError(f"milestones must be a list of epochs, not {shown(value)}")
                 continue
             allowed = typing.get_args(hints[f.name]) or (hints[f.name],)
             if float in allowed:
                 allowed = (*allowed, int)
             if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
                 kinds = " or ".join(t.__name__ for t in allowed if t is not type(None))
-                raise UsageError(f"{f.name} must be {kinds}, not {value!r}")
+                raise UsageError(f"{f.name} must be {kinds}, not {shown(value)}")
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             value = getattr(self, f.name)
             if choices and value not in choices:
-                raise UsageError(f"{f.name} must be one of {', '.join(choices)}, not {value!r}")
+                raise UsageError(
+                    f"{f.name} must be one of {', '.join(choices)}, not {shown(value)}"
+                )
         positive = ("epochs", "batch_size", "image_size", "eval_batch_size", "eval_every")
         optional_positive = ("train_samples", "test_samples", "micro_batch", "cache_size")
         for name in positive + optional_positive:
@@ -135,18 +154,28 @@ class TrainConfig:
                 continue
             if value < 1:
                 raise UsageError(f"{name} must be a positive integer, not {value!r}")
-        if not self.lr > 0:
-            raise UsageError(f"lr must be positive, not {self.lr}")
-        if not 0 <= self.label_smoothing < 1:
-            raise UsageError(f"label_smoothing must be in [0, 1), not {self.label_smoothing}")
-        if not 0 <= self.ema < 1:
-            raise UsageError(f"ema must be in [0, 1), not {self.ema}")
-        if not 0 <= self.val_fraction < 1:
-            raise UsageError(f"val_fraction must be in [0, 1), not {self.val_fraction}")
+        if not 0 <= self.seed < SEED_LIMIT:
+            raise UsageError(
+                f"seed must be a whole number from 0 to 2**32 - 1, not {shown(self.seed)}"
+            )
+        for name, low, high, closed in FLOAT_RANGES:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            inside = math.isfinite(value) and (low < value or (closed and low == value))
+            if not inside or (high is not None and not value < high):
+                if high is None:
+                    span = f"{'>=' if closed else '>'} {low}"
+                else:
+                    span = f"in {'[' if closed else '('}{low}, {high})"
+                raise UsageError(f"{name} must be a finite number {span}, not {value}")
         if any(not math.isfinite(m) or m <= 0 for m in self.milestones):
-            raise UsageError(f"milestones must be positive epochs, not {self.milestones}")
+            epochs = " ".join(map(str, self.milestones))
+            raise UsageError(f"milestones must be finite positive epochs, not {epochs[:60]}")
         if self.schedule == "step" and list(self.milestones) != sorted(self.milestones):
             raise UsageError(f"milestones must be in increasing order: {self.milestones}")
+        if self.model not in MODEL_SPECS:
+            raise UnknownModelError(self.model)
         parse_augment(self.augment)
         get_entry(self.dataset)
         if self.memory_budget is not None:
@@ -198,9 +227,17 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except OSError as error:
-        raise UsageError(f"cannot read config file {path}: {error.strerror}") from error
+        reason = error.strerror or type(error).__name__
+        raise UsageError(f"cannot read config file {path}: {reason}") from error
+    except ValueError as error:  # a NUL in the name, or bytes that are not UTF-8 text
+        what = "not a text file (UTF-8 TOML or YAML)"
+        if not isinstance(error, UnicodeDecodeError):
+            what = "not a usable file name"
+        raise UsageError(f"config file {path}: {what}") from error
+    if "\x00" in text:
+        raise UsageError(f"config file {path}: not a text file (UTF-8 TOML or YAML)")
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as error:
@@ -211,12 +248,32 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UsageError(f"config file {path} must hold a table of settings")
     settings = {str(key).replace("-", "_"): value for key, value in data.items()}
-    if isinstance(settings.get("milestones"), list):
-        settings["milestones"] = tuple(settings["milestones"])
     unknown = sorted(set(settings) - set(field_names()))
     if unknown:
         raise UsageError(f"config file {path}: unknown setting(s) {', '.join(unknown)}")
-    return settings
+    return {name: _number_from_text(path, name, value) for name, value in settings.items()}
+
+
+def _number_from_text(path: Path, name: str, value: Any) -> Any:
+    """A number written as text (YAML 1.1 reads `1e-2` as a string) as the number the setting
+    takes: int for whole-number settings, float for the rest. Text that is no number is an
+    error naming the file and the setting; values of other types are left to `validate`."""
+    if name == "milestones":
+        if isinstance(value, list):
+            return tuple(_number_from_text(path, "lr", item) for item in value)
+        return value
+    hint = typing.get_type_hints(TrainConfig)[name]
+    kinds = typing.get_args(hint) or (hint,)
+    kind = int if int in kinds else float if float in kinds else None
+    if kind is None or not isinstance(value, str):
+        return value
+    try:
+        return kind(value.strip())
+    except ValueError:
+        number = "a whole number" if kind is int else "a number"
+        raise UsageError(
+            f"config file {path}: {name} must be {number}, not {shown(value)}"
+        ) from None
 
 
 def make_config(

@@ -12,13 +12,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnets.data.spec import DataSpec
 from resnets.errors import DataError
 from resnets.files import atomic_file
-from resnets.models import create_model
-from resnets.training.checkpoint import find_checkpoint, load_checkpoint, run_dir_of
-from resnets.training.config import make_config
-from resnets.training.ema import averaged_weights
+from resnets.training.checkpoint import (
+    EVAL_KEYS,
+    find_checkpoint,
+    load_checkpoint,
+    model_from_checkpoint,
+    run_dir_of,
+    saved_config,
+    saved_data_spec,
+)
+from resnets.training.config import TrainConfig
 from resnets.training.memory import MemoryFallback
 from resnets.training.plan import find_budget, plan_memory
 from resnets.training.plots import plot_confusion
@@ -83,6 +88,19 @@ def evaluate(
     }
 
 
+def eval_config(
+    path: str | Path, overrides: dict[str, Any] | None = None
+) -> tuple[Path, dict[str, Any], TrainConfig]:
+    """The checkpoint file `evaluate_checkpoint` reads, its state, and the settings it would
+    evaluate with (the saved ones with the changes `overrides` may make)."""
+    file = find_checkpoint(path, "best")
+    state = load_checkpoint(file, keys=EVAL_KEYS)
+    allowed = ("device", "data_dir", "test_samples", "eval_batch_size", "tta", "verify")
+    changes = {k: v for k, v in (overrides or {}).items() if k in allowed and v is not None}
+    settings = {**state["config"], **changes, "train_samples": 1, "val_fraction": 0.0}
+    return file, state, saved_config(file, settings)
+
+
 def evaluate_checkpoint(
     path: str | Path, overrides: dict[str, Any] | None = None, confusion_png: bool = True
 ) -> dict[str, Any]:
@@ -96,13 +114,9 @@ def evaluate_checkpoint(
     """
     from resnets.training import factory  # noqa: PLC0415 (factory imports the loop, which imports us)
 
-    file = find_checkpoint(path, "best")
-    state = load_checkpoint(file)
-    allowed = ("device", "data_dir", "test_samples", "eval_batch_size", "tta", "verify")
-    changes = {k: v for k, v in (overrides or {}).items() if k in allowed and v is not None}
-    config = make_config(overrides={**state["config"], **changes, "train_samples": 1,
-                                    "val_fraction": 0.0})  # fmt: skip
-    spec = DataSpec.from_dict(state["data_spec"])
+    file, state, config = eval_config(path, overrides)
+    spec = saved_data_spec(state, file)
+    model, weights = model_from_checkpoint(state, file)
     runtime = Runtime.resolve(config.device, config.precision, config.channels_last)
     data = factory.load_data(config, quiet=True)
     if data.spec.classes != spec.classes:
@@ -111,9 +125,6 @@ def evaluate_checkpoint(
             f"has {', '.join(data.spec.classes[:5])}...; point --data-dir at the data it was "
             "trained on"
         )
-    model = create_model(state["model_name"], **state["model_kwargs"])
-    weights = "ema" if state.get("ema") else "model"
-    model.load_state_dict(averaged_weights(state["ema"]) if state.get("ema") else state["model"])
     model = model.to(runtime.device, memory_format=runtime.memory_format)  # type: ignore[call-overload]
     test = factory.build_batches(config, replace(data, val=None), runtime, quiet=True).test
     plan = plan_memory(

@@ -19,8 +19,18 @@ from resnets.data.datasets import DataOptions, Dataset, Split, load_dataset
 from resnets.data.spec import DataSpec
 from resnets.errors import DataError, UsageError
 from resnets.models import create_model
-from resnets.training.checkpoint import find_checkpoint, load_checkpoint, run_dir_of
-from resnets.training.config import TrainConfig, make_config
+from resnets.training.checkpoint import (
+    RESUME_KEYS,
+    CheckpointError,
+    check_state_dict,
+    find_checkpoint,
+    load_checkpoint,
+    reason_of,
+    run_dir_of,
+    saved_config,
+    saved_data_spec,
+)
+from resnets.training.config import TrainConfig
 from resnets.training.loop import Batches, Trainer
 from resnets.training.memory import format_bytes
 from resnets.training.plan import DATA_SHARE, find_budget
@@ -143,15 +153,13 @@ def build_trainer(
     )  # fmt: skip
 
 
-def resume_trainer(
-    run_dir: str | Path, overrides: dict[str, Any] | None = None, **kwargs: Any
-) -> Trainer:
-    """Continue the run in `run_dir` (or from a checkpoint file) from its last checkpoint.
-
-    Only the settings in RESUMABLE may be changed; `epochs` is the new total.
-    """
+def resume_config(
+    run_dir: str | Path, overrides: dict[str, Any] | None = None
+) -> tuple[Path, dict[str, Any], TrainConfig]:
+    """The last checkpoint of `run_dir` (or a checkpoint file), its state, and the settings a
+    resumed run would have: the saved ones with the changes in RESUMABLE applied."""
     path = find_checkpoint(run_dir, "last")
-    state = load_checkpoint(path)
+    state = load_checkpoint(path, keys=RESUME_KEYS)
     saved = state["config"]
     changes = {k: v for k, v in (overrides or {}).items() if v is not None and v != saved.get(k)}
     fixed = sorted(set(changes) - set(RESUMABLE))
@@ -160,9 +168,19 @@ def resume_trainer(
             f"cannot change {', '.join(fixed)} when resuming; only {', '.join(RESUMABLE)} may "
             "change (start a new run for the rest)"
         )
-    config = make_config(overrides={**saved, **changes})
+    return path, state, saved_config(path, {**saved, **changes})
+
+
+def resume_trainer(
+    run_dir: str | Path, overrides: dict[str, Any] | None = None, **kwargs: Any
+) -> Trainer:
+    """Continue the run in `run_dir` (or from a checkpoint file) from its last checkpoint.
+
+    Only the settings in RESUMABLE may be changed; `epochs` is the new total.
+    """
+    path, state, config = resume_config(run_dir, overrides)
     trainer = build_trainer(config, run_dir=run_dir_of(path), **kwargs)
-    saved_spec = DataSpec.from_dict(state["data_spec"])
+    saved_spec = saved_data_spec(state, path)
     if (trainer.spec.classes, trainer.spec.channels) != (saved_spec.classes, saved_spec.channels):
         raise DataError(
             f"{path} was trained on {saved_spec.channels}-channel images of "
@@ -170,5 +188,14 @@ def resume_trainer(
             f"{trainer.spec.channels}-channel images of {trainer.spec.num_classes} classes; "
             "resume with the same data, or start a new run"
         )
-    trainer.load_state_dict(state)
+    check_state_dict(trainer.model, state["model"], path)
+    if trainer.ema is not None and state["ema"]:
+        check_state_dict(trainer.ema, state["ema"], path, "EMA weights")
+    try:
+        trainer.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:  # optimizer, rng, ...
+        raise CheckpointError(
+            f"{path}: its training state does not load ({reason_of(error)}); the file was edited "
+            "or written by another version of resnets; start a new run"
+        ) from error
     return trainer
