@@ -18,6 +18,7 @@ from resnets.files import atomic_file
 
 FORMAT = "resnets-checkpoint"
 VERSION = 2
+RECORD_BYTES = 192  # a tensor's zip entry: header, name, alignment, directory entry
 
 
 class CheckpointError(ResnetsError):
@@ -33,6 +34,17 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     with atomic_file(path) as file:
         torch.save({"format": FORMAT, "version": VERSION, **state}, file)
     return Path(path)
+
+
+def checkpoint_bytes(state: Any) -> int:
+    """About the size of `state` saved: its tensors' bytes, and a zip record for each."""
+    if isinstance(state, torch.Tensor):
+        return state.nelement() * state.element_size() + RECORD_BYTES
+    if isinstance(state, dict):
+        return sum(checkpoint_bytes(value) for value in state.values())
+    if isinstance(state, list | tuple):
+        return sum(checkpoint_bytes(value) for value in state)
+    return 0
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

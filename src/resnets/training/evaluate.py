@@ -14,13 +14,12 @@ from torch import nn
 
 from resnets.data.spec import DataSpec
 from resnets.errors import DataError
-from resnets.files import atomic_file
 from resnets.models import create_model
 from resnets.training.checkpoint import find_checkpoint, load_checkpoint, run_dir_of
 from resnets.training.config import make_config
 from resnets.training.ema import averaged_weights
 from resnets.training.memory import MemoryFallback
-from resnets.training.plots import plot_confusion
+from resnets.training.recorder import RunFolder
 from resnets.training.runtime import Runtime, autocast
 
 
@@ -128,8 +127,8 @@ def evaluate_checkpoint(
     }  # fmt: skip
     if confusion_png:
         title = f"{state['model_name']} on {spec.name}: test accuracy {100 * metrics['acc']:.2f}%"
-        picture = run_dir_of(file) / "confusion.png"
-        with atomic_file(picture) as tmp:
-            plot_confusion(metrics["confusion"], spec.classes, tmp.name, title)
+        elsewhere = "copy the run folder somewhere writable and evaluate it there"
+        folder = RunFolder(run_dir_of(file), elsewhere=elsewhere)
+        picture = folder.write_confusion(metrics["confusion"], spec.classes, title)
         result["confusion_png"] = str(picture)
     return result

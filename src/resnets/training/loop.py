@@ -197,11 +197,9 @@ class Trainer:
 
     def _check_finite(self, loss_sum: torch.Tensor, epoch: int, batch: int) -> None:
         if not torch.isfinite(loss_sum):
-            last = self.folder.last
-            kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint yet"
             raise Diverged(
                 f"the training loss became {float(loss_sum)} in epoch {epoch + 1} by batch "
-                f"{batch}; stopped ({kept}). Try a lower --lr or --precision fp32."
+                f"{batch}; stopped ({self.folder.kept()}). Try a lower --lr or --precision fp32."
             )
 
     def _train_epoch(self, epoch: int) -> None:
@@ -290,7 +288,10 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train until `config.epochs` epochs are done; return the run's summary."""
         settings = {**self.config.to_dict(), "data_spec": self.spec.to_dict()}
-        self.folder.start(settings, fresh=self.position == Position())
+        fresh = self.position == Position()
+        position = None if fresh else asdict(self.position)
+        for note in self.folder.start(settings, fresh=fresh, position=position):
+            self._notice(note)
         reset_peak_memory(self.device)
         if not self.quiet:
             val = f" / {self.batches.val.count} validation" if self.batches.val else ""
