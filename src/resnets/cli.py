@@ -16,6 +16,7 @@ from resnets.errors import ResnetsError, UsageError
 from resnets.models import create_model, default_input_size, list_models
 from resnets.summary import count_params, format_count, format_summary, summarize
 from resnets.training import (
+    Interrupted,
     TrainConfig,
     build_trainer,
     evaluate_checkpoint,
@@ -229,8 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a model on a data set (--dataset; Fashion-MNIST by default). With no "
         "arguments this is the chapter's "
         "experiment: d2l_resnet18 at 96x96, SGD, lr 0.05, batch 256, 5 epochs. Settings come "
-        "from the defaults, then --recipe, then --config FILE, then flags. Ctrl-C saves a "
-        "checkpoint; --resume DIR continues bit for bit.",
+        "from the defaults, then --recipe, then --config FILE, then flags. Ctrl-C (or SIGTERM) "
+        "saves a checkpoint; --resume DIR continues bit for bit.",
     )
     train.add_argument(
         "--recipe", help="named settings: chapter, fast, best, cifar-paper (see README)"
@@ -308,14 +309,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ResnetsError as error:
         if args.debug:
             raise
-        kind = "" if error.exit_code == 130 else "error: "  # an interruption is not an error
+        kind = "" if isinstance(error, Interrupted) else "error: "  # a stop is not an error
         print(f"resnets: {kind}{error}", file=sys.stderr)
         return error.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as error:  # a second Ctrl-C or SIGTERM, or one outside training
         if args.debug:
             raise
-        print("resnets: interrupted", file=sys.stderr)
-        return 130
+        print(f"resnets: {error or 'interrupted'}", file=sys.stderr)
+        return getattr(error, "exit_code", 130)
 
 
 if __name__ == "__main__":
