@@ -1,9 +1,10 @@
 """Never dies, never loses: full and read-only disks, `--out` that is not ours, leftover
-temporary files."""
+temporary files, evaluation without best.pt, and progress bars that stay out of quiet output."""
 
 from __future__ import annotations
 
 import errno
+import json
 import re
 import subprocess
 from collections.abc import Callable, Iterator
@@ -12,15 +13,16 @@ from typing import Any
 
 import pytest
 import torch
+from _pytest.capture import CaptureIO
 from test_cli_train import data_dir, flags, run  # noqa: F401 (data_dir is a fixture)
 
 from resnets import files
 from resnets.errors import DiskError, UsageError
-from resnets.training import RunFolder, load_checkpoint
+from resnets.training import RunFolder, build_trainer, evaluate, load_checkpoint, make_config
 from resnets.training.loop import Trainer
 from resnets.training.recorder import is_our_config
 
-from helpers import TINY
+from helpers import TINY, synthetic_dataset
 
 # Small runs: two epochs of 100 images take a few seconds.
 SMALL = {**TINY, "train_samples": 100, "test_samples": 100}
@@ -361,3 +363,85 @@ def test_kept_names_the_epoch_of_the_last_checkpoint(tmp_path: Path) -> None:
     assert folder.kept() == f"the last good checkpoint is {folder.last} (epoch 2)"
     folder.save("last", {"position": {"epoch": 2, "batch": 7}, "w": torch.zeros(3)})
     assert folder.kept() == f"the last good checkpoint is {folder.last} (epoch 3, batch 7)"
+
+
+# ---- evaluation ------------------------------------------------------------------------------
+
+
+def test_eval_falls_back_to_last_pt_and_says_so(
+    tmp_path: Path,
+    data_dir: Path,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out_dir = tmp_path / "run"
+    argv = ["train", *flags({**SMALL, "epochs": 1}), "--data-dir", str(data_dir)]
+    code, _, err = run(capsys, *argv, "--out", str(out_dir), "--quiet")
+    assert code == 0, err
+    checkpoints = out_dir / "checkpoints"
+    code, out, _ = run(capsys, "eval", str(out_dir), "--data-dir", str(data_dir))
+    assert code == 0 and out.startswith(f"{checkpoints / 'best.pt'} (after epoch 1")
+
+    (checkpoints / "best.pt").unlink()
+    code, out, err = run(capsys, "eval", str(out_dir), "--data-dir", str(data_dir))
+    assert code == 0, err
+    assert out.splitlines()[:2] == [
+        f"note: {out_dir} has no checkpoints/best.pt (it stopped before an epoch was "
+        f"evaluated); evaluating {checkpoints / 'last.pt'} instead",
+        f"{checkpoints / 'last.pt'} (after epoch 1, model weights), 100 fashion-mnist test "
+        "images",
+    ]
+    code, out, _ = run(capsys, "eval", str(out_dir), "--data-dir", str(data_dir), "--json")
+    assert code == 0 and json.loads(out)["checkpoint"] == str(checkpoints / "last.pt")
+
+    (checkpoints / "last.pt").unlink()
+    code, _, err = run(capsys, "eval", str(out_dir), "--data-dir", str(data_dir))
+    assert code == 1 and assert_one_line(err) == (
+        f"resnets: error: {out_dir}: no checkpoints/best.pt or checkpoints/last.pt in this run "
+        "folder"
+    )
+
+
+# ---- progress bars ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def terminal(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Captured stderr that says it is a terminal, so progress bars show where they may."""
+    # pytest swaps its capture file between a fixture's setup and the test: patch the class.
+    monkeypatch.setattr(CaptureIO, "isatty", lambda self: True)
+
+
+def test_a_progress_bar_leaves_evaluation_unchanged(
+    tmp_path: Path, terminal: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_ = build_trainer(
+        make_config(overrides={**SMALL, "epochs": 1}), data=synthetic_dataset(),
+        run_dir=tmp_path / "run", quiet=True, log=lambda _: None,
+    )  # fmt: skip
+    batches = run_.batches.test
+    kwargs = {"device": run_.device, "num_classes": 10}
+    plain = evaluate(run_.model, batches.epoch(0), **kwargs)
+    assert capsys.readouterr().err == ""
+    shown = evaluate(run_.model, batches.epoch(0), progress=True, total=len(batches), **kwargs)
+    assert "eval" in capsys.readouterr().err  # the bar ran
+    assert shown == plain
+
+
+def test_progress_shows_in_training_and_eval_but_not_when_quiet_or_json(
+    tmp_path: Path,
+    data_dir: Path,  # noqa: F811
+    terminal: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["train", *flags({**SMALL, "epochs": 1}), "--data-dir", str(data_dir)]
+    code, out, err = run(capsys, *argv, "--out", str(tmp_path / "loud"))
+    assert code == 0 and "epoch 1/1" in err and "eval test" in err
+
+    quiet = tmp_path / "quiet"
+    code, out, err = run(capsys, *argv, "--out", str(quiet), "--quiet")
+    assert code == 0 and err == "" and out.startswith("done: 1 epochs")
+
+    code, out, err = run(capsys, "eval", str(quiet), "--data-dir", str(data_dir))
+    assert code == 0 and "eval test" in err and "eval test" not in out
+    code, out, err = run(capsys, "eval", str(quiet), "--data-dir", str(data_dir), "--json")
+    assert code == 0 and err == "" and json.loads(out)["images"] == 100

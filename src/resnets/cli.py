@@ -80,12 +80,14 @@ def _eval(args: argparse.Namespace) -> int:
         "device": args.device, "data_dir": args.data_dir, "test_samples": args.test_samples,
         "eval_batch_size": args.batch_size, "tta": args.tta, "verify": args.verify,
     }  # fmt: skip
-    result = evaluate_checkpoint(args.run, overrides)
+    result = evaluate_checkpoint(args.run, overrides, progress=not args.json)
     if args.json:
         keys = ("dataset", "test_acc", "test_loss", "per_class", "confusion", "images",
                 "checkpoint", "epoch", "weights")  # fmt: skip
         print(json.dumps({k: result[k] for k in keys}, indent=2))
         return 0
+    if result["note"]:
+        print(f"note: {result['note']}")
     print(
         f"{result['checkpoint']} (after epoch {result['epoch']}, {result['weights']} weights), "
         f"{result['images']} {result['dataset']} test images"
@@ -245,8 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "eval",
         help="test accuracy, per-class accuracy and confusion matrix of a trained model",
-        description="Evaluate a run folder's best checkpoint (or a checkpoint file) on the "
-        "test split of the data set it was trained on; writes confusion.png into the run folder.",
+        description="Evaluate a run folder's best checkpoint (its last one if it has no best.pt, "
+        "or a checkpoint file) on the test split of the data set it was trained on; writes "
+        "confusion.png into the run folder.",
     )
     evaluate.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT")
     evaluate.add_argument("--data-dir", help="where the data set is (default: as trained)")

@@ -85,14 +85,18 @@ def upgrade_v1(state: dict[str, Any]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def find_checkpoint(path: str | Path, prefer: str = "last") -> Path:
-    """A checkpoint file itself, or `checkpoints/{prefer}.pt` inside a run folder."""
+def find_checkpoint(path: str | Path, prefer: str = "last", fallback: str | None = None) -> Path:
+    """A checkpoint file itself, or `checkpoints/{prefer}.pt` inside a run folder (else
+    `checkpoints/{fallback}.pt`, when given)."""
     path = Path(path)
     if path.is_dir():
-        candidate = path / "checkpoints" / f"{prefer}.pt"
-        if not candidate.is_file():
-            raise CheckpointError(f"{path}: no checkpoints/{prefer}.pt in this run folder")
-        return candidate
+        names = (prefer,) if fallback is None else (prefer, fallback)
+        for name in names:
+            candidate = path / "checkpoints" / f"{name}.pt"
+            if candidate.is_file():
+                return candidate
+        wanted = " or ".join(f"checkpoints/{name}.pt" for name in names)
+        raise CheckpointError(f"{path}: no {wanted} in this run folder")
     if not path.exists():
         raise CheckpointError(f"{path}: no such run folder or checkpoint file")
     return path

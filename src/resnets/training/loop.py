@@ -264,6 +264,7 @@ class Trainer:
         return evaluate(
             model, batches.epoch(0), device=self.device, precision=self.precision,
             tta=self.config.tta, num_classes=self.spec.num_classes, fallback=self.eval_fallback,
+            progress=not self.quiet, total=len(batches), desc=f"eval {split}",
         )  # fmt: skip
 
     def _finish_epoch(self, epoch: int, start: float) -> dict[str, Any]:
