@@ -151,11 +151,22 @@ def test_eval_of_a_broken_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert code == 1 and "no such run folder or checkpoint file" in err
 
 
-def test_ctrl_c_in_a_real_process_exits_130_and_resumes_bit_for_bit(
-    tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
+STOPS = {
+    "SIGINT": (signal.SIGINT, 130, "note: stopping after this step (Ctrl-C again to abort "
+               "without saving)", "resnets: interrupted in epoch "),
+    "SIGTERM": (signal.SIGTERM, 143, "note: SIGTERM: stopping after this step (a second signal "
+                "aborts without saving)", "resnets: interrupted by SIGTERM in epoch "),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("stop", list(STOPS))
+def test_a_signal_to_a_real_process_saves_and_resumes_bit_for_bit(
+    tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str], stop: str
 ) -> None:
-    """`resnets train` in its own process gets a real SIGINT during training: it saves, says how
-    to resume and exits 130; `--resume` then ends where an uninterrupted run ends."""
+    """`resnets train` in its own process gets a real SIGINT (Ctrl-C) or SIGTERM (a scheduler's
+    stop) during training: it saves, says how to resume and exits 130 or 143; `--resume` then
+    ends where an uninterrupted run ends."""
+    number, exit_code, note, last_line = STOPS[stop]
     out_dir = tmp_path / "interrupted"
     # Far more epochs than it will get through: the interruption surely lands mid-run. With
     # the constant schedule, the first epochs do not depend on the total.
@@ -171,18 +182,18 @@ def test_ctrl_c_in_a_real_process_exits_130_and_resumes_bit_for_bit(
             assert process.poll() is None, process.communicate()
             assert time.monotonic() < deadline, "no epoch finished within a minute"
             time.sleep(0.02)
-        os.kill(process.pid, signal.SIGINT)
+        os.kill(process.pid, number)
         stdout, stderr = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
-    assert process.returncode == 130, stderr
+    assert process.returncode == exit_code, stderr
     assert "Traceback" not in stderr
     assert f"Resume with: resnets train --resume {out_dir}" in stderr
-    assert stderr.strip().splitlines()[-1].startswith("resnets: interrupted in epoch ")
+    assert stderr.strip().splitlines()[-1].startswith(last_line)
     assert "training cifar_resnet20 on fashion-mnist" in stdout and "\nepoch 1, loss" in stdout
-    assert "note: stopping after this step (Ctrl-C again to abort without saving)" in stdout
+    assert note in stdout
     position = load_checkpoint(out_dir / "checkpoints" / "last.pt")["position"]
     assert position["batch"] > 0  # stopped after a step, inside an epoch
     epochs = position["epoch"] + 1  # finish the epoch it was stopped in
@@ -198,6 +209,76 @@ def test_ctrl_c_in_a_real_process_exits_130_and_resumes_bit_for_bit(
     expected = load_checkpoint(straight / "checkpoints" / "last.pt")["model"]
     assert resumed.keys() == expected.keys()
     assert all(torch.equal(resumed[k], expected[k]) for k in expected)
+
+
+# `resnets train` on a disk so slow that saving after the first signal takes two minutes: the
+# second signal must land while that checkpoint is being written.
+SLOW_SAVE_AFTER_A_SIGNAL = """
+import sys, time, torch
+from resnets.cli import main
+from resnets.training.loop import Trainer
+stopping, trainer_save, torch_save = [], Trainer.save, torch.save
+def save(self, name):
+    if self._stop_requested:
+        stopping.append(name)
+    trainer_save(self, name)
+def slow_save(*args, **kwargs):
+    if stopping:
+        time.sleep(120)
+    torch_save(*args, **kwargs)
+Trainer.save, torch.save = save, slow_save
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize(
+    "first,second,exit_code",
+    [(signal.SIGINT, signal.SIGTERM, 143), (signal.SIGTERM, signal.SIGINT, 130)],
+    ids=["SIGINT-then-SIGTERM", "SIGTERM-then-SIGINT"],
+)
+def test_a_second_signal_aborts_at_once_without_saving(
+    tmp_path: Path, data_dir: Path, first: int, second: int, exit_code: int
+) -> None:
+    out_dir = tmp_path / "run"
+    settings = {**TINY, "epochs": 100, "train_samples": 100, "test_samples": 100}
+    argv = ["train", *flags(settings), "--data-dir", str(data_dir), "--no-verify"]
+    env = {**os.environ, "RESNETS_DATA": str(tmp_path / "empty-cache"), "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-c", SLOW_SAVE_AFTER_A_SIGNAL, *argv, "--out", str(out_dir)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    checkpoints = out_dir / "checkpoints"
+    try:
+        deadline = time.monotonic() + 60
+        while not (out_dir / "metrics.csv").exists():  # written after the first epoch
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "no epoch finished within a minute"
+            time.sleep(0.02)
+        os.kill(process.pid, first)
+        while not list(checkpoints.glob(".*.tmp")):  # the slow save has begun
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline + 60, "no save began after the first signal"
+            time.sleep(0.02)
+        os.kill(process.pid, second)
+        start = time.monotonic()
+        _, stderr = process.communicate(timeout=60)
+        aborted_in = time.monotonic() - start
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == exit_code, stderr
+    assert aborted_in < 30  # not after the two-minute save
+    line = stderr.strip().splitlines()[-1]
+    name = "Ctrl-C" if second == signal.SIGINT else "SIGTERM"
+    assert line.startswith(
+        f"resnets: interrupted again ({name}): stopped at once without saving; the last good "
+        f"checkpoint is {checkpoints / 'last.pt'} (epoch "
+    ), stderr
+    assert "Traceback" not in stderr and list(checkpoints.glob("*.tmp")) == []
+    position = load_checkpoint(checkpoints / "last.pt")["position"]
+    assert position["batch"] == 0  # an epoch's checkpoint, not one written after the signal
+    assert line.endswith(f"(epoch {position['epoch']})")
 
 
 def test_debug_shows_the_traceback(capsys: pytest.CaptureFixture[str]) -> None:

@@ -96,7 +96,8 @@ def test_ctrl_c_saves_a_checkpoint_and_resumes_mid_epoch(tmp_path: Path) -> None
     assert f"resnets train --resume {tmp_path / 'interrupted'}" in str(caught.value)
     state = load_checkpoint(tmp_path / "interrupted" / "checkpoints" / "last.pt")
     assert state["position"]["epoch"] == 1 and state["position"]["batch"] == 5
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     resumed = resume_trainer(tmp_path / "interrupted", data=DATA, quiet=True)
     resumed.fit()
     assert_same_weights(straight.model.state_dict(), resumed.model.state_dict())

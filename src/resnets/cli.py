@@ -18,6 +18,7 @@ from resnets.errors import ResnetsError, UsageError
 from resnets.models import create_model, default_input_size, list_models
 from resnets.summary import count_params, format_count, format_summary, summarize
 from resnets.training import (
+    Interrupted,
     TrainConfig,
     build_trainer,
     evaluate_checkpoint,
@@ -108,12 +109,14 @@ def _eval(args: argparse.Namespace) -> int:
         file, state, config = eval_config(args.run, overrides)
         model_from_checkpoint(state, file)  # the weights fit the network it names
         return _dry_run(config, f"resnets eval {file}")
-    result = evaluate_checkpoint(args.run, overrides)
+    result = evaluate_checkpoint(args.run, overrides, progress=not args.json)
     if args.json:
         keys = ("dataset", "test_acc", "test_loss", "per_class", "confusion", "images",
                 "checkpoint", "epoch", "weights")  # fmt: skip
         print(json.dumps({k: result[k] for k in keys}, indent=2))
         return 0
+    if result["note"]:
+        print(f"note: {result['note']}")
     print(
         f"{result['checkpoint']} (after epoch {result['epoch']}, {result['weights']} weights), "
         f"{result['images']} {result['dataset']} test images"
@@ -282,8 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a model on a data set (--dataset; Fashion-MNIST by default). With no "
         "arguments this is the chapter's "
         "experiment: d2l_resnet18 at 96x96, SGD, lr 0.05, batch 256, 5 epochs. Settings come "
-        "from the defaults, then --recipe, then --config FILE, then flags. Ctrl-C saves a "
-        "checkpoint; --resume DIR continues bit for bit.",
+        "from the defaults, then --recipe, then --config FILE, then flags. Ctrl-C (or SIGTERM) "
+        "saves a checkpoint; --resume DIR continues bit for bit.",
     )
     train.add_argument(
         "--recipe", help="named settings: chapter, fast, best, cifar-paper (see README)"
@@ -298,8 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "eval",
         help="test accuracy, per-class accuracy and confusion matrix of a trained model",
-        description="Evaluate a run folder's best checkpoint (or a checkpoint file) on the "
-        "test split of the data set it was trained on; writes confusion.png into the run folder.",
+        description="Evaluate a run folder's best checkpoint (its last one if it has no best.pt, "
+        "or a checkpoint file) on the test split of the data set it was trained on; writes "
+        "confusion.png into the run folder.",
     )
     evaluate.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT")
     evaluate.add_argument("--data-dir", help="where the data set is (default: as trained)")
@@ -367,14 +371,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ResnetsError as error:
         if args.debug:
             raise
-        kind = "" if error.exit_code == 130 else "error: "  # an interruption is not an error
+        kind = "" if isinstance(error, Interrupted) else "error: "  # a stop is not an error
         print(f"resnets: {kind}{error}", file=sys.stderr)
         return error.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as error:  # a second Ctrl-C or SIGTERM, or one outside training
         if args.debug:
             raise
-        print("resnets: interrupted", file=sys.stderr)
-        return 130
+        print(f"resnets: {error or 'interrupted'}", file=sys.stderr)
+        return getattr(error, "exit_code", 130)
 
 
 if __name__ == "__main__":

@@ -33,3 +33,10 @@ class DataError(ResnetsError):
     """
 
     exit_code = 2
+
+
+class DiskError(ResnetsError):
+    """A file that could not be written: the disk or quota is full, or the folder is read-only.
+
+    The message names the folder, the bytes needed and free there, what was kept, and the fix.
+    """

@@ -7,11 +7,34 @@ one, and no temporary file behind when Python can still clean up.
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
+
+# The errors of a full, over-quota, read-only or unwritable place: the user's to fix.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+class _RecordingFile(io.FileIO):
+    """A raw file that remembers the first OSError of a write.
+
+    torch.save to a file object turns a failed write into a RuntimeError without the errno
+    ("unexpected pos ..."); the recorded error says what really happened.
+    """
+
+    error: OSError | None = None
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        try:
+            return super().write(data)
+        except OSError as error:
+            self.error = self.error or error
+            raise
 
 
 @contextlib.contextmanager
@@ -21,6 +44,9 @@ def atomic_file(path: str | Path, *, hidden: bool = True) -> Iterator[IO[bytes]]
     The temporary file is `.NAME.XXXX.tmp` beside `path` (`NAME.XXXX.tmp` with hidden=False,
     so a cleaner that globs NAME* finds leftovers); its `name` attribute is its path. On
     success it is flushed, fsynced, renamed over `path`, and the folder is fsynced.
+
+    When a write failed with an OSError that the writer (torch.save) turned into another
+    exception, that OSError is raised instead, so callers can tell a full disk by its errno.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -29,14 +55,19 @@ def atomic_file(path: str | Path, *, hidden: bool = True) -> Iterator[IO[bytes]]
     )
     os.fchmod(fd, 0o644)  # mkstemp's 0o600 would hide a shared cache from other users
     os.close(fd)
+    raw: _RecordingFile | None = None
     try:
-        with open(tmp, "w+b") as file:
+        raw = _RecordingFile(tmp, "w+")
+        with io.BufferedRandom(raw) as file:
             yield file
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        recorded = raw.error if raw is not None else None
+        if recorded is not None and isinstance(error, Exception) and not isinstance(error, OSError):
+            raise recorded from error
         raise
     fsync_dir(path.parent)
 
@@ -56,3 +87,14 @@ def fsync_dir(folder: str | Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def free_bytes(folder: str | Path) -> int | None:
+    """Free bytes on the file system of `folder` (or of its nearest existing parent)."""
+    place = Path(folder).absolute()
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    try:
+        return shutil.disk_usage(place).free
+    except OSError:
+        return None

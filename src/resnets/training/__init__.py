@@ -10,7 +10,7 @@ from resnets.training.factory import (
     load_data,
     resume_trainer,
 )
-from resnets.training.loop import Diverged, Interrupted, Trainer
+from resnets.training.loop import Aborted, Diverged, Interrupted, Trainer
 from resnets.training.memory import MemoryFallback, is_out_of_memory
 from resnets.training.recorder import RunFolder
 from resnets.training.schedule import learning_rate
@@ -18,6 +18,7 @@ from resnets.training.step import train_step
 
 __all__ = [
     "RECIPES",
+    "Aborted",
     "CheckpointError",
     "Diverged",
     "Interrupted",

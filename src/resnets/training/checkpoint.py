@@ -26,6 +26,7 @@ from resnets.training.ema import averaged_weights
 
 FORMAT = "resnets-checkpoint"
 VERSION = 2
+RECORD_BYTES = 192  # a tensor's zip entry: header, name, alignment, directory entry
 
 
 class CheckpointError(ResnetsError):
@@ -41,6 +42,17 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     with atomic_file(path) as file:
         torch.save({"format": FORMAT, "version": VERSION, **state}, file)
     return Path(path)
+
+
+def checkpoint_bytes(state: Any) -> int:
+    """About the size of `state` saved: its tensors' bytes, and a zip record for each."""
+    if isinstance(state, torch.Tensor):
+        return state.nelement() * state.element_size() + RECORD_BYTES
+    if isinstance(state, dict):
+        return sum(checkpoint_bytes(value) for value in state.values())
+    if isinstance(state, list | tuple):
+        return sum(checkpoint_bytes(value) for value in state)
+    return 0
 
 
 def load_checkpoint(
@@ -214,14 +226,18 @@ def upgrade_v1(state: dict[str, Any]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def find_checkpoint(path: str | Path, prefer: str = "last") -> Path:
-    """A checkpoint file itself, or `checkpoints/{prefer}.pt` inside a run folder."""
+def find_checkpoint(path: str | Path, prefer: str = "last", fallback: str | None = None) -> Path:
+    """A checkpoint file itself, or `checkpoints/{prefer}.pt` inside a run folder (else
+    `checkpoints/{fallback}.pt`, when given)."""
     path = Path(path)
     if path.is_dir():
-        candidate = path / "checkpoints" / f"{prefer}.pt"
-        if not candidate.is_file():
-            raise CheckpointError(f"{path}: no checkpoints/{prefer}.pt in this run folder")
-        return candidate
+        names = (prefer,) if fallback is None else (prefer, fallback)
+        for name in names:
+            candidate = path / "checkpoints" / f"{name}.pt"
+            if candidate.is_file():
+                return candidate
+        wanted = " or ".join(f"checkpoints/{name}.pt" for name in names)
+        raise CheckpointError(f"{path}: no {wanted} in this run folder")
     if not path.exists():
         raise CheckpointError(f"{path}: no such run folder or checkpoint file")
     return path

@@ -11,9 +11,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from resnets.errors import DataError
-from resnets.files import atomic_file
 from resnets.training.checkpoint import (
     EVAL_KEYS,
     find_checkpoint,
@@ -26,7 +26,7 @@ from resnets.training.checkpoint import (
 from resnets.training.config import TrainConfig
 from resnets.training.memory import MemoryFallback
 from resnets.training.plan import find_budget, plan_memory
-from resnets.training.plots import plot_confusion
+from resnets.training.recorder import RunFolder
 from resnets.training.runtime import Runtime, autocast
 
 
@@ -51,10 +51,15 @@ def evaluate(
     tta: bool = False,
     num_classes: int,
     fallback: MemoryFallback | None = None,
+    progress: bool = False,
+    total: int | None = None,
+    desc: str = "eval",
 ) -> dict[str, Any]:
     """Mean cross-entropy, accuracy and the confusion matrix (rows: true class, cols: predicted).
 
     A batch that does not fit in memory is split (and the split remembered) rather than failing.
+    With `progress`, a progress bar (`total` batches, labelled `desc`) shows on a terminal and
+    is cleared at the end.
     """
     was_training = model.training
     model.eval()
@@ -69,7 +74,11 @@ def evaluate(
         loss = F.cross_entropy(logits, y, reduction="sum")
         return loss, y * num_classes + logits.argmax(1)
 
-    for x, y in batches:
+    bar = tqdm(
+        batches, total=total, desc=desc, unit="batch", leave=False,
+        disable=None if progress else True,
+    )  # fmt: skip
+    for x, y in bar:
         loss, cells = fallback.run(len(x), partial(run, x, y), "eval batch")
         loss_sum += loss
         confusion += torch.bincount(cells, minlength=num_classes * num_classes)
@@ -93,7 +102,7 @@ def eval_config(
 ) -> tuple[Path, dict[str, Any], TrainConfig]:
     """The checkpoint file `evaluate_checkpoint` reads, its state, and the settings it would
     evaluate with (the saved ones with the changes `overrides` may make)."""
-    file = find_checkpoint(path, "best")
+    file = find_checkpoint(path, "best", fallback="last")
     state = load_checkpoint(file, keys=EVAL_KEYS)
     allowed = ("device", "data_dir", "test_samples", "eval_batch_size", "tta", "verify")
     changes = {k: v for k, v in (overrides or {}).items() if k in allowed and v is not None}
@@ -102,9 +111,15 @@ def eval_config(
 
 
 def evaluate_checkpoint(
-    path: str | Path, overrides: dict[str, Any] | None = None, confusion_png: bool = True
+    path: str | Path,
+    overrides: dict[str, Any] | None = None,
+    confusion_png: bool = True,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a run's best checkpoint (or a given checkpoint file) on its data set's test split.
+
+    A run folder without `best.pt` (stopped before any epoch was evaluated) is evaluated from
+    its `last.pt`; `note` then says so. `progress` shows a progress bar on a terminal.
 
     Builds only what evaluation needs: the model from the checkpoint's name and keyword
     arguments, and the test batches. `overrides` may set device, data_dir, test_samples,
@@ -115,6 +130,12 @@ def evaluate_checkpoint(
     from resnets.training import factory  # noqa: PLC0415 (factory imports the loop, which imports us)
 
     file, state, config = eval_config(path, overrides)
+    note = None
+    if file.name == "last.pt" and Path(path).is_dir():
+        note = (
+            f"{path} has no checkpoints/best.pt (it stopped before an epoch was evaluated); "
+            f"evaluating {file} instead"
+        )
     spec = saved_data_spec(state, file)
     model, weights = model_from_checkpoint(state, file)
     runtime = Runtime.resolve(config.device, config.precision, config.channels_last)
@@ -137,18 +158,19 @@ def evaluate_checkpoint(
     metrics = evaluate(
         model, test.epoch(0), device=runtime.device, precision=runtime.precision,
         tta=config.tta and spec.mirror_ok, num_classes=spec.num_classes,
+        progress=progress, total=len(test), desc="eval test",
     )  # fmt: skip
     result = {
         "test_loss": metrics["loss"], "test_acc": metrics["acc"],
         "per_class": dict(zip(spec.classes, metrics["per_class"], strict=True)),
         "confusion": metrics["confusion"], "images": metrics["images"],
         "checkpoint": str(file), "epoch": state["position"]["epoch"], "weights": weights,
-        "dataset": spec.name,
+        "dataset": spec.name, "note": note,
     }  # fmt: skip
     if confusion_png:
         title = f"{state['model_name']} on {spec.name}: test accuracy {100 * metrics['acc']:.2f}%"
-        picture = run_dir_of(file) / "confusion.png"
-        with atomic_file(picture) as tmp:
-            plot_confusion(metrics["confusion"], spec.classes, tmp.name, title)
+        elsewhere = "copy the run folder somewhere writable and evaluate it there"
+        folder = RunFolder(run_dir_of(file), elsewhere=elsewhere)
+        picture = folder.write_confusion(metrics["confusion"], spec.classes, title)
         result["confusion_png"] = str(picture)
     return result

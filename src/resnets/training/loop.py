@@ -1,4 +1,4 @@
-"""The training loop: epochs of batches, evaluation when due, checkpoints, Ctrl-C.
+"""The training loop: epochs of batches, evaluation when due, checkpoints, Ctrl-C and SIGTERM.
 
 The Trainer is handed its parts (model, batches, run folder, runtime) by
 `resnets.training.factory.build_trainer`; it owns only the loop and the state that moves
@@ -37,9 +37,31 @@ NAN_CHECK_EVERY = 20  # steps between finiteness checks (each costs a device syn
 
 
 class Interrupted(ResnetsError):
-    """Ctrl-C: the checkpoint is written and the message says how to resume."""
+    """Ctrl-C or SIGTERM: the checkpoint is written and the message says how to resume.
+
+    `exit_code` is 128 + the signal's number, as a shell reports a process the signal ended:
+    130 after SIGINT (Ctrl-C), 143 after SIGTERM.
+    """
 
     exit_code = 130
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Aborted(KeyboardInterrupt):
+    """A second Ctrl-C or SIGTERM: training stops at once, without saving.
+
+    A KeyboardInterrupt, so that no `except Exception` on the way catches it.
+    """
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+STOP_SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
 
 
 class Diverged(ResnetsError):
@@ -131,6 +153,7 @@ class Trainer:
         self.position = Position()
         self.history: list[dict[str, Any]] = []
         self._stop_requested = False
+        self._stop_signal = signal.SIGINT
 
     @property
     def run_dir(self) -> Path:
@@ -198,11 +221,9 @@ class Trainer:
 
     def _check_finite(self, loss_sum: torch.Tensor, epoch: int, batch: int) -> None:
         if not torch.isfinite(loss_sum):
-            last = self.folder.last
-            kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint yet"
             raise Diverged(
                 f"the training loss became {float(loss_sum)} in epoch {epoch + 1} by batch "
-                f"{batch}; stopped ({kept}). Try a lower --lr or --precision fp32."
+                f"{batch}; stopped ({self.folder.kept()}). Try a lower --lr or --precision fp32."
             )
 
     def _train_epoch(self, epoch: int) -> None:
@@ -244,6 +265,7 @@ class Trainer:
         return evaluate(
             model, batches.epoch(0), device=self.device, precision=self.precision,
             tta=self.config.tta, num_classes=self.spec.num_classes, fallback=self.eval_fallback,
+            progress=not self.quiet, total=len(batches), desc=f"eval {split}",
         )  # fmt: skip
 
     def _finish_epoch(self, epoch: int, start: float) -> dict[str, Any]:
@@ -270,23 +292,35 @@ class Trainer:
 
     @contextmanager
     def _ctrl_c_stops_cleanly(self) -> Iterator[None]:
-        """The first Ctrl-C ends training after the current step; a second one aborts at once."""
+        """The first Ctrl-C or SIGTERM ends training after the current step (and saves); a
+        second one of either aborts at once, without saving."""
 
         def handler(signum: int, frame: Any) -> None:
+            name = STOP_SIGNALS.get(signal.Signals(signum), f"signal {signum}")
             if self._stop_requested:
-                raise KeyboardInterrupt
-            self._stop_requested = True
-            self._notice("stopping after this step (Ctrl-C again to abort without saving)")
+                raise Aborted(
+                    f"interrupted again ({name}): stopped at once without saving; "
+                    f"{self.folder.kept()}",
+                    128 + signum,
+                )
+            self._stop_requested, self._stop_signal = True, signal.Signals(signum)
+            if signum == signal.SIGINT:
+                self._notice("stopping after this step (Ctrl-C again to abort without saving)")
+            else:
+                self._notice(
+                    f"{name}: stopping after this step (a second signal aborts without saving)"
+                )
 
         try:
-            previous = signal.signal(signal.SIGINT, handler)
-        except ValueError:  # not the main thread: leave Ctrl-C alone
+            previous = {number: signal.signal(number, handler) for number in STOP_SIGNALS}
+        except ValueError:  # not the main thread: leave the signals alone
             yield
             return
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for number, old in previous.items():
+                signal.signal(number, old)
 
     def plan_memory(self) -> None:
         """Fit the micro-batch and evaluation batch sizes to the memory budget (see plan.py).
@@ -316,7 +350,10 @@ class Trainer:
         """Train until `config.epochs` epochs are done; return the run's summary."""
         self.plan_memory()
         settings = {**self.config.to_dict(), "data_spec": self.spec.to_dict()}
-        self.folder.start(settings, fresh=self.position == Position())
+        fresh = self.position == Position()
+        position = None if fresh else asdict(self.position)
+        for note in self.folder.start(settings, fresh=fresh, position=position):
+            self._notice(note)
         reset_peak_memory(self.device)
         if not self.quiet:
             val = f" / {self.batches.val.count} validation" if self.batches.val else ""
@@ -333,9 +370,11 @@ class Trainer:
                 self._train_epoch(epoch)
                 if self._stop_requested:
                     self.save("last")
+                    by = "" if self._stop_signal == signal.SIGINT else " by SIGTERM"
                     raise Interrupted(
-                        f"interrupted in epoch {epoch + 1}; checkpoint saved to "
-                        f"{self.folder.last}. Resume with: resnets train --resume {self.run_dir}"
+                        f"interrupted{by} in epoch {epoch + 1}; checkpoint saved to "
+                        f"{self.folder.last}. Resume with: resnets train --resume {self.run_dir}",
+                        128 + self._stop_signal,
                     )
                 row = self._finish_epoch(epoch, start)
                 self._write_epoch(row)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import matplotlib
 
@@ -12,8 +12,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def plot_curves(history: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
-    """Loss (left) and accuracy (right) per epoch, training, validation and test, in one PNG.
+def plot_curves(
+    history: Sequence[dict[str, Any]], path: str | Path | IO[bytes], title: str = ""
+) -> None:
+    """Loss (left) and accuracy (right) per epoch, training, validation and test, in one PNG
+    (a file name, or a binary file to write into).
 
     Rows whose figures are None (epochs not evaluated, or no validation split) are left out of
     those curves.
@@ -49,12 +52,14 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | Path, title: str 
         fig.suptitle(title)
     fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
-    return Path(path)
 
 
 def plot_confusion(
-    matrix: Sequence[Sequence[int]], classes: Sequence[str], path: str | Path, title: str = ""
-) -> Path:
+    matrix: Sequence[Sequence[int]],
+    classes: Sequence[str],
+    path: str | Path | IO[bytes],
+    title: str = "",
+) -> None:
     """The confusion matrix with counts in each cell; rows are true classes."""
     fig, ax = plt.subplots(figsize=(8, 7), constrained_layout=True)
     ax.imshow(matrix, cmap="Blues")
@@ -68,4 +73,3 @@ def plot_confusion(
     ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix")
     fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
-    return Path(path)
