@@ -1,0 +1,222 @@
+"""Memory planning: the budget, the choice from measurements, the refusal, and a real run
+under a real container-style memory limit that planning keeps alive."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from resnets.cli import main
+from resnets.errors import UsageError
+from resnets.models import create_model
+from resnets.training import plan as plan_module
+from resnets.training.memory import _cgroup_mounts, parse_memory_budget
+from resnets.training.plan import Budget, StepCost, find_budget, plan_memory
+from resnets.training.runtime import Runtime
+
+from helpers import TINY, synthetic_dataset, write_dataset
+
+CPU = Runtime(torch.device("cpu"), "fp32", False)
+MiB = 2**20
+
+
+def test_a_cost_line_through_two_measurements() -> None:
+    cost = StepCost.fit([(32, 300 * MiB), (64, 460 * MiB)])
+    assert cost.per_image == 5 * MiB and cost.fixed == 140 * MiB
+    assert cost.at(256) == (140 + 5 * 256) * MiB
+    assert StepCost.fit([(8, 80), (16, 70)]).per_image == 0  # noise never slopes down
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [("6GiB", 6 * 2**30), ("500MB", 500 * 10**6), ("1e9", 10**9), ("50%", 500), ("100%", 1000)],
+)
+def test_memory_budget_sizes(text: str, expected: int) -> None:
+    assert parse_memory_budget(text, of=1000) == expected
+
+
+@pytest.mark.parametrize("text", ["6XB", "-1GiB", "0", "150%", "nan", "", "GiB"])
+def test_bad_memory_budgets_are_refused(text: str) -> None:
+    with pytest.raises(UsageError, match="is not a size"):
+        parse_memory_budget(text, of=1000)
+
+
+def test_the_budget_names_its_source() -> None:
+    given = find_budget("2GiB", torch.device("cpu"))
+    assert given.total == 2 * 2**30 and given.source == "--memory-budget 2GiB"
+    found = find_budget(None, torch.device("cpu"))
+    assert found.used > 0 and found.headroom > 0
+    assert "cgroup limit" in found.source or "available on this machine" in found.source
+
+
+def plan_with(
+    monkeypatch: pytest.MonkeyPatch, cost: StepCost, eval_cost: StepCost, headroom: int
+) -> tuple[plan_module.Plan, list[int]]:
+    """Plan a small network with measurements replaced by `cost` (training probes) and
+    `eval_cost` (evaluation probes); returns the plan and every probe size run."""
+    model = create_model("cifar_resnet20", width=0.25, num_classes=10)
+    probed: list[tuple[bool, int]] = []
+
+    def fake_measure(work: object, device: torch.device) -> int:
+        training, images = model.training, probe_sizes.pop()
+        probed.append((training, images))
+        return (cost if training else eval_cost).at(images)
+
+    probe_sizes: list[int] = []
+
+    def step_probe(*args: object) -> object:
+        probe_sizes.append(args[-1])  # type: ignore[arg-type]
+        return None
+
+    def eval_probe(*args: object) -> object:
+        probe_sizes.append(args[-1])  # type: ignore[arg-type]
+        return None
+
+    monkeypatch.setattr(plan_module, "measure_peak", fake_measure)
+    monkeypatch.setattr(plan_module, "_step_probe", step_probe)
+    monkeypatch.setattr(plan_module, "_eval_probe", eval_probe)
+    monkeypatch.setattr(plan_module, "HEAP_FRAGMENTATION", 1.0)
+    plan = plan_memory(
+        model=model, model_name="cifar_resnet20",
+        model_kwargs={"width": 0.25, "num_classes": 10, "in_channels": 3}, runtime=CPU,
+        shape=(3, 32, 32), batch_size=256, eval_batch_size=512, optimizer_copies=1,
+        budget=Budget(total=100 * 2**30, used=100 * 2**30 - headroom, source="test"),
+    )  # fmt: skip
+    return plan, [images for training, images in probed if training]
+
+
+def test_plenty_of_memory_keeps_the_whole_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    plan, probes = plan_with(monkeypatch, StepCost(10 * MiB, MiB), StepCost(0, MiB), 2**34)
+    assert plan.micro_batch is None and plan.eval_batch == 512
+    assert probes == [256]  # measured once, at the whole batch: nothing extrapolated
+    assert "the whole batch of 256 fits" in plan.message
+
+
+def test_a_tight_budget_chooses_the_largest_micro_batch_measured_to_fit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    headroom = 200 * MiB
+    plan, probes = plan_with(monkeypatch, StepCost(10 * MiB, 2 * MiB), StepCost(0, MiB), headroom)
+    assert plan.micro_batch is not None and plan.micro_batch < 256
+    room = plan_module.MARGIN * headroom
+    params = sum(p.numel() * 4 for p in create_model("cifar_resnet20", width=0.25).parameters())
+    fixed = params + 2 * 256 * 3 * 32 * 32 * 4  # momentum, and the batch of input images
+    assert fixed + StepCost(10 * MiB, 2 * MiB).at(plan.micro_batch) <= room
+    assert all(fixed + StepCost(10 * MiB, 2 * MiB).at(n) <= room for n in probes[-1:])
+    assert plan.micro_batch in probes  # the size chosen was measured, not extrapolated
+    assert "micro-batches of" in plan.message and "gradients accumulated" in plan.message
+    assert plan.eval_batch < 512  # evaluation batches are planned too
+
+
+def test_nothing_fits_is_refused_before_anything_is_allocated(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_probe(*args: object) -> None:
+        raise AssertionError("a probe ran although one image cannot fit")
+
+    monkeypatch.setattr(plan_module, "measure_peak", no_probe)
+    model = create_model("d2l_resnet18")
+    with pytest.raises(UsageError) as caught:
+        plan_memory(
+            model=model, model_name="d2l_resnet18",
+            model_kwargs={"in_channels": 1, "num_classes": 10}, runtime=CPU,
+            shape=(1, 2000, 2000), batch_size=32, eval_batch_size=64, optimizer_copies=0,
+            budget=Budget(total=2**30, used=2**29, source="cgroup limit of 1 GiB"),
+        )  # fmt: skip
+    message = str(caught.value)
+    assert "d2l_resnet18 at 2000x2000px" in message and "cgroup limit of 1 GiB" in message
+    assert "--image-size" in message and len(message.splitlines()) == 1
+
+
+def test_the_refusal_from_the_command_line_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = write_dataset(tmp_path / "data", synthetic_dataset(), monkeypatch)
+    out = tmp_path / "run"
+    argv = ["train", "--model", "d2l_resnet18", "--image-size", "2000", "--batch-size", "32",
+            "--device", "cpu", "--precision", "fp32", "--memory-budget", "600MiB",
+            "--data-dir", str(data), "--out", str(out)]  # fmt: skip
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "d2l_resnet18 at 2000x2000px" in err and "--memory-budget 600MiB" in err
+    assert not out.exists()
+
+
+# ---- a real limit --------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def memory_cgroup(limit: int) -> Iterator[Path]:
+    """A new cgroup (v1 memory controller or v2) below this process's, limited to `limit`
+    bytes; yields its folder. Skips the test, saying why, where that is not possible."""
+    mounts = _cgroup_mounts()
+    own = Path("/proc/self/cgroup").read_text().splitlines()
+    folder = None
+    for line in own:
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(",") and "memory" in mounts:
+            folder, files = mounts["memory"] / path.lstrip("/"), "memory.limit_in_bytes"
+            break
+        if controllers == "" and "" in mounts:
+            parent = mounts[""] / path.lstrip("/")
+            if "memory" in (parent / "cgroup.subtree_control").read_text().split():
+                folder, files = parent, "memory.max"
+    if folder is None:
+        pytest.skip("no writable cgroup memory controller for this process")
+    group = folder / f"resnets-test-{os.getpid()}"
+    try:
+        group.mkdir()
+        (group / files).write_text(str(limit))
+        with contextlib.suppress(OSError):  # v1 only: never swap instead of failing
+            (group / "memory.swappiness").write_text("0")
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            group.rmdir()
+        pytest.skip(f"cannot create a limited cgroup here ({error.strerror})")
+    try:
+        yield group
+    finally:
+        with contextlib.suppress(OSError):
+            group.rmdir()
+
+
+def run_limited(group: Path, argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """`resnets ARGV` in a fresh Python process placed in `group` before it starts."""
+
+    def enter() -> None:
+        (group / "cgroup.procs").write_text(str(os.getpid()))
+
+    return subprocess.run(
+        [sys.executable, "-m", "resnets.cli", *argv], capture_output=True, text=True,
+        preexec_fn=enter, timeout=600,
+    )  # fmt: skip
+
+
+def test_a_run_that_a_container_limit_would_kill_trains_to_the_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches of 256 at 64x64 in float32 need about 1.4 GiB; the limit is 1 GiB."""
+    limit = 2**30
+    data = write_dataset(tmp_path / "data", synthetic_dataset(256, 64), monkeypatch)
+    settings = ["--model", "d2l_resnet18", "--image-size", "64", "--batch-size", "256",
+                "--eval-batch-size", "256", "--epochs", "1", "--precision", "fp32",
+                "--device", "cpu", "--data-dir", str(data), "--no-verify"]  # fmt: skip
+    with memory_cgroup(limit) as group:
+        # The same run with the whole batch forced (no planning) is killed by the kernel.
+        unplanned = run_limited(group, ["train", *settings, "--micro-batch", "256",
+                                        "--out", str(tmp_path / "unplanned")])  # fmt: skip
+        planned = run_limited(group, ["train", *settings, "--out", str(tmp_path / "planned")])
+    assert unplanned.returncode in (-9, 137), unplanned.stderr[-500:]
+    assert planned.returncode == 0, planned.stderr[-2000:]
+    assert "note: memory: micro-batches of" in planned.stdout
+    summary = json.loads((tmp_path / "planned" / "summary.json").read_text())
+    assert summary["epochs"] == 1 and summary["peak_memory_bytes"] < limit
