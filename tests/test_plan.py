@@ -22,7 +22,7 @@ from resnets.training.memory import _cgroup_mounts, parse_memory_budget
 from resnets.training.plan import Budget, StepCost, find_budget, plan_memory
 from resnets.training.runtime import Runtime
 
-from helpers import TINY, synthetic_dataset, write_dataset
+from helpers import synthetic_dataset, write_dataset
 
 CPU = Runtime(torch.device("cpu"), "fp32", False)
 MiB = 2**20
