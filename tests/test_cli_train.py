@@ -289,3 +289,21 @@ def test_debug_shows_the_traceback(capsys: pytest.CaptureFixture[str]) -> None:
 def test_resume_takes_no_recipe(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "train", "--resume", str(tmp_path), "--recipe", "fast")
     assert code == 2 and "--resume continues a run with its saved settings" in err
+
+
+def test_an_unexpected_file_error_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure outside the run folder (here: the image cache) still gets one line."""
+    import resnets.data.folder as folder
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device", str(tmp_path / "cache"))
+
+    monkeypatch.setattr(folder, "load_image_folder", full)
+    (tmp_path / "images" / "a").mkdir(parents=True)
+    images = str(tmp_path / "images")
+    code, _, err = run(capsys, "train", "--dataset", "folder", "--data-dir", images)
+    assert code == 1 and err.strip() == (
+        f"resnets: error: {tmp_path / 'cache'}: No space left on device"
+    )

@@ -379,6 +379,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"resnets: {error or 'interrupted'}", file=sys.stderr)
         return getattr(error, "exit_code", 130)
+    except OSError as error:  # a file we did not expect to fail (a cache, a download folder)
+        if args.debug:
+            raise
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"resnets: error: {where}{error.strerror or error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
