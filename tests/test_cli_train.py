@@ -128,7 +128,7 @@ def test_missing_data_explains_the_three_ways(
     tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, _, err = run(capsys, "train", *flags(TINY))  # no --data-dir, nothing cached, offline
-    assert code == 1 and "Traceback" not in err
+    assert code == 2 and "Traceback" not in err
     assert "apt-get install dataset-fashion-mnist" in err
     assert "--data-dir" in err and "download" in err
     assert len(err.strip().splitlines()) <= 8
@@ -138,17 +138,17 @@ def test_incomplete_data_dir_is_named(tmp_path: Path, capsys: pytest.CaptureFixt
     empty = tmp_path / "nothing-here"
     empty.mkdir()
     code, _, err = run(capsys, "train", "--data-dir", str(empty))
-    assert code == 1 and str(empty) in err and "train-images-idx3-ubyte" in err
+    assert code == 2 and str(empty) in err and "train-images-idx3-ubyte" in err
 
 
 def test_eval_of_a_broken_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     broken = tmp_path / "model.pt"
     broken.write_bytes(b"\x00" * 100)
     code, _, err = run(capsys, "eval", str(broken))
-    assert code == 1 and err.startswith(f"resnets: error: {broken}: truncated or not a checkpoint")
+    assert code == 2 and err.startswith(f"resnets: error: {broken}: truncated or not a checkpoint")
     assert len(err.strip().splitlines()) == 1
     code, _, err = run(capsys, "eval", str(tmp_path / "missing-run"))
-    assert code == 1 and "no such run folder or checkpoint file" in err
+    assert code == 2 and "no such run folder or checkpoint file" in err
 
 
 STOPS = {

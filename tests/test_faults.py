@@ -395,7 +395,7 @@ def test_eval_falls_back_to_last_pt_and_says_so(
 
     (checkpoints / "last.pt").unlink()
     code, _, err = run(capsys, "eval", str(out_dir), "--data-dir", str(data_dir))
-    assert code == 1 and assert_one_line(err) == (
+    assert code == 2 and assert_one_line(err) == (
         f"resnets: error: {out_dir}: no checkpoints/best.pt or checkpoints/last.pt in this run "
         "folder"
     )

@@ -288,7 +288,7 @@ def test_eval_names_what_is_wrong_with_a_checkpoint(
     copy = edited(run_dir, tmp_path, edit)
     for dry_run in ([], ["--dry-run"]):
         code, _, err = run(capsys, "eval", str(copy), *dry_run)
-        assert code == 1 and len(err.strip().splitlines()) == 1, err
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
         assert err.startswith(f"resnets: error: {copy / 'checkpoints' / 'best.pt'}: ")
         assert message in err
 

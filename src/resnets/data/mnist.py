@@ -19,7 +19,7 @@ import torch
 from resnets.data.download import cache_root, fetch
 from resnets.data.idx import IdxError, idx_payload_sha256, read_idx
 from resnets.data.spec import DataSpec
-from resnets.errors import DataError, ResnetsError, UsageError
+from resnets.errors import DataError, UsageError
 
 STEMS = (
     "train-images-idx3-ubyte",
@@ -29,7 +29,7 @@ STEMS = (
 )
 
 
-class DataNotFoundError(ResnetsError):
+class DataNotFoundError(DataError):
     """A data set is in none of the places looked at and could not be downloaded."""
 
 

@@ -30,7 +30,12 @@ RECORD_BYTES = 192  # a tensor's zip entry: header, name, alignment, directory e
 
 
 class CheckpointError(ResnetsError):
-    """A file that is missing, truncated, or not a resnets checkpoint."""
+    """A file that is missing, truncated, or not a resnets checkpoint.
+
+    Exit code 2, like any bad input: the fix is in what the command was pointed at.
+    """
+
+    exit_code = 2
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
