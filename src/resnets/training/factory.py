@@ -138,9 +138,14 @@ def build_trainer(
     log: Callable[[str], None] = print,
     quiet: bool = False,
     on_step: Callable[[Trainer, int], None] | None = None,
+    fresh: bool = True,
 ) -> Trainer:
-    """A Trainer with every part built from `config` (or `data` given in memory)."""
+    """A Trainer with every part built from `config` (or `data` given in memory); `fresh`
+    (a new run, not a resumed one) checks the run folder first."""
     config = config.validate()
+    folder = RunFolder(run_dir or config.out or default_run_dir(config.model))
+    if fresh:
+        folder.check(fresh=True)  # a bad --out is said before the data are read
     runtime = Runtime.resolve(config.device, config.precision, config.channels_last)
     data = data or load_data(config, quiet)
     config = fit_to_data(config, data.spec, quiet)
@@ -148,7 +153,7 @@ def build_trainer(
     return Trainer(
         config, runtime=runtime, model=model, model_kwargs=model_kwargs(config, data.spec),
         spec=data.spec, batches=build_batches(config, data, runtime, quiet),
-        folder=RunFolder(run_dir or config.out or default_run_dir(config.model)),
+        folder=folder,
         log=log, quiet=quiet, on_step=on_step,
     )  # fmt: skip
 
@@ -179,7 +184,7 @@ def resume_trainer(
     Only the settings in RESUMABLE may be changed; `epochs` is the new total.
     """
     path, state, config = resume_config(run_dir, overrides)
-    trainer = build_trainer(config, run_dir=run_dir_of(path), **kwargs)
+    trainer = build_trainer(config, run_dir=run_dir_of(path), fresh=False, **kwargs)
     saved_spec = saved_data_spec(state, path)
     if (trainer.spec.classes, trainer.spec.channels) != (saved_spec.classes, saved_spec.channels):
         raise DataError(

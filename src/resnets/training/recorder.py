@@ -65,13 +65,10 @@ class RunFolder:
         or metrics.csv that resnets did not write. Temporary files of a killed process are
         removed either way.
         """
-        if self.path.exists() and not self.path.is_dir():
-            raise UsageError(f"--out {self.path} is a file, not a folder; choose another --out")
         self.last_position = None if fresh else position
         payload = yaml.safe_dump(settings, sort_keys=False)
         with self._writing(self.path / "config.yaml", len(payload.encode())):
-            notes = self._check_fresh() if fresh else []
-            self._refuse_foreign_files()
+            notes = self.check(fresh=fresh)
             try:
                 self.path.mkdir(parents=True, exist_ok=True)
             except (FileExistsError, NotADirectoryError) as error:
@@ -86,6 +83,15 @@ class RunFolder:
                 f"removed {removed} temporary file{'s' if removed > 1 else ''} left in "
                 f"{self.path} by a process that was stopped while writing"
             )
+        return notes
+
+    def check(self, *, fresh: bool) -> list[str]:
+        """Refuse a folder this run must not write into (see `start`), writing nothing; called
+        early too, so a bad --out is said before any data is read."""
+        if self.path.exists() and not self.path.is_dir():
+            raise UsageError(f"--out {self.path} is a file, not a folder; choose another --out")
+        notes = self._check_fresh() if fresh else []
+        self._refuse_foreign_files()
         return notes
 
     def _check_fresh(self) -> list[str]:
