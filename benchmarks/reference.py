@@ -19,13 +19,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from resnets import create_model
 from resnets.bench import bench_data
-from resnets.models.conv import Conv2d
+from resnets.models.conv import plain_convs
 from resnets.training import make_config
 
 
@@ -69,9 +68,7 @@ def main() -> None:
     data, source = bench_data(make_config(overrides={"data_dir": args.data_dir}), images)
     torch.manual_seed(0)
     model = create_model("d2l_resnet18")
-    for module in model.modules():  # the chapter's plain nn.Conv2d, without our small-map path
-        if isinstance(module, Conv2d):
-            module.__class__ = nn.Conv2d
+    plain_convs(model)  # the chapter's plain nn.Conv2d, without our small-map path
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
 
     def loader(images: torch.Tensor, labels: torch.Tensor, shuffle: bool) -> DataLoader:

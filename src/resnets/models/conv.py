@@ -64,3 +64,15 @@ class Conv2d(nn.Conv2d):
         weight = self.weight.permute(0, 2, 3, 1).reshape(self.out_channels, kh * kw * c)
         out = F.linear(columns, weight, self.bias)  # autocast runs it in bf16 like a conv
         return out.view(n, oh, ow, self.out_channels).permute(0, 3, 1, 2)  # channels-last
+
+
+def plain_convs(model: nn.Module) -> nn.Module:
+    """Turn every `Conv2d` of `model` into a plain `nn.Conv2d`, in place, and return `model`.
+
+    The parameters and results are the same; only the CPU tiny-map path goes. Export
+    (`torch.export`, ONNX), inference and reference benchmarks need the ordinary operator.
+    """
+    for module in model.modules():
+        if type(module) is Conv2d:
+            module.__class__ = nn.Conv2d  # type: ignore[assignment]
+    return model
