@@ -86,14 +86,22 @@ def _read_int(path: Path) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def machine_available_memory() -> int:
-    """The machine's available memory (MemAvailable: free plus reclaimable cache)."""
+def proc_bytes(path: str, field: str) -> int | None:
+    """A "Field:   N kB" line of a Linux /proc file (meminfo, self/status) in bytes, or None."""
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
+    return None
+
+
+def machine_available_memory() -> int:
+    """The machine's available memory (MemAvailable: free plus reclaimable cache)."""
+    available = proc_bytes("/proc/meminfo", "MemAvailable")
+    if available is not None:
+        return available
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 

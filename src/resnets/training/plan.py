@@ -35,6 +35,7 @@ from resnets.training.memory import (
     is_out_of_memory,
     machine_available_memory,
     parse_memory_budget,
+    proc_bytes,
     release_memory,
 )
 from resnets.training.runtime import Runtime, autocast, release_freed_host_memory
@@ -105,12 +106,9 @@ class Plan:
 
 def resident_bytes() -> int:
     """This process's resident memory now."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
+    resident = proc_bytes("/proc/self/status", "VmRSS")
+    if resident is not None:
+        return resident
     import resource  # noqa: PLC0415 (not on Windows)
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -160,13 +158,8 @@ def _reset_peak(device: torch.device) -> bool:
 def _peak(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return resident_bytes()
+    peak = proc_bytes("/proc/self/status", "VmHWM")
+    return resident_bytes() if peak is None else peak
 
 
 def in_use(device: torch.device) -> int:
