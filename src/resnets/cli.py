@@ -15,6 +15,7 @@ import yaml
 from resnets.bench import bench_config, benchmark
 from resnets.data import DataOptions, describe, list_datasets
 from resnets.errors import ResnetsError, UsageError
+from resnets.export import FORMATS, export_network
 from resnets.models import create_model, default_input_size, list_models
 from resnets.summary import count_params, format_count, format_summary, summarize
 from resnets.training import (
@@ -29,6 +30,7 @@ from resnets.training.checkpoint import model_from_checkpoint
 from resnets.training.config import PRECISIONS
 from resnets.training.evaluate import eval_config
 from resnets.training.factory import resume_config
+from resnets.training.memory import format_bytes
 from resnets.training.runtime import Runtime
 
 Handler = Callable[[argparse.Namespace], int]
@@ -164,6 +166,17 @@ def _bench(args: argparse.Namespace) -> int:
         f"{6 * result['macs_per_image'] / 1e9:.2f} GFLOP per training image: "
         f"{result['train_gflops_per_sec']:.0f} GFLOP/s achieved in training"
     )
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    result = export_network(
+        args.run, args.format, args.output, image_size=args.image_size, force=args.force
+    )
+    side = result.image_size
+    print(f"wrote {result.path} ({format_bytes(result.size_bytes)}, {result.format}; input "
+          f"(N, {result.channels}, {side}, {side}) float32, normalised as in training)")
+    print(result.check)
     return 0
 
 
@@ -349,6 +362,28 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
     bench.set_defaults(handler=_bench)
+
+    export = commands.add_parser(
+        "export",
+        help="write a trained network as ONNX, safetensors or a torch.export program (.pt2)",
+        description="Export a run folder's best checkpoint (its last one if it has no best.pt), "
+        "a checkpoint file or a safetensors file, with a dynamic batch dimension, then check "
+        "the file against PyTorch on two batch sizes. The input is float32 (N, C, S, S), "
+        "normalised as in training with the data set's mean and std, which the ONNX file "
+        "holds in its metadata with the classes. onnx and safetensors need the export extra: "
+        "pip install 'resnets[export]'.",
+    )
+    export.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT")
+    export.add_argument("--format", required=True, choices=FORMATS,
+                        help="file format")  # fmt: skip
+    export.add_argument(
+        "--output", metavar="FILE", help="where to write (default: RUN/export/model.FORMAT, or "
+        "beside a checkpoint file); replaces only a resnets export unless --force",
+    )  # fmt: skip
+    export.add_argument("--image-size", type=_positive_int, metavar="S",
+                        help="input side in pixels (default: as trained)")  # fmt: skip
+    export.add_argument("--force", action="store_true", help="replace any file at --output")
+    export.set_defaults(handler=_export)
 
     datasets = commands.add_parser(
         "datasets",
