@@ -433,7 +433,9 @@ def _resolve_channels(color: str, split: _Split) -> int:
     return 1
 
 
-def decode_image(source: str | Path | Image.Image, size: int, channels: int) -> np.ndarray:
+def decode_image(
+    source: str | os.PathLike[str] | Image.Image, size: int, channels: int
+) -> np.ndarray:
     """One image as a (channels, size, size) uint8 array, exactly as the cache holds it.
 
     `source` is a file (read as the folder's files are: large JPEGs decoded at reduced scale)
