@@ -130,7 +130,7 @@ def _eval(args: argparse.Namespace) -> int:
     print("\nconfusion matrix (rows: true class, columns: predicted, in class order above)")
     for name, row in zip(names, result["confusion"], strict=True):
         print(f"{name:<{width}}  " + " ".join(f"{n:5d}" for n in row))
-    print(f"\nwrote {result['confusion_png']}")
+    print(f"\nwrote {result['confusion_png']} and {result['predictions_png']}")
     return 0
 
 
@@ -326,7 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="test accuracy, per-class accuracy and confusion matrix of a trained model",
         description="Evaluate a run folder's best checkpoint (its last one if it has no best.pt, "
         "or a checkpoint file) on the test split of the data set it was trained on; writes "
-        "confusion.png into the run folder.",
+        "confusion.png and predictions.png (test images with their predicted classes, the most "
+        "confident mistakes first, in red) into the run folder.",
     )
     evaluate.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT")
     evaluate.add_argument("--data-dir", help="where the data set is (default: as trained)")
