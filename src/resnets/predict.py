@@ -7,7 +7,9 @@ An image goes the way a training image went. Pillow decodes it as the image-fold
 (`resnets.data.folder.decode_image`: upright by its EXIF orientation, "L" or "RGB" as the
 network's channels, alpha dropped, the centred square resized bicubically to the data set's
 size), then `resnets.data.batches.network_input` normalises and resizes it exactly as
-evaluation batches are (no augmentation, no test-time mirroring).
+evaluation batches are (no augmentation, no test-time mirroring). A Pillow image is taken
+as it is decoded; given by its path, a JPEG file at least twice the data's size is decoded at
+reduced scale, as training did, so the two can differ a little.
 """
 
 from __future__ import annotations
