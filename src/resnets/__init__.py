@@ -2,9 +2,13 @@
 
 `resnets.create_model("resnet50")` and `resnets.resnet50()` are the same thing: every name in
 `resnets.list_models()` has a shortcut function here.
+
+`resnets.Classifier.from_checkpoint("runs/x").predict(["a.png"])` classifies images with a
+trained network (imported on first use: it needs Pillow and the data code).
 """
 
 from functools import partial
+from typing import Any
 
 from resnets.models import (
     MODEL_SPECS,
@@ -24,8 +28,19 @@ for _name in MODEL_SPECS:
     globals()[_name] = partial(create_model, _name)
 del _name
 
+
+def __getattr__(name: str) -> Any:
+    if name in ("Classifier", "Prediction"):
+        from resnets import predict  # noqa: PLC0415 (lazily: only prediction needs it)
+
+        return getattr(predict, name)
+    raise AttributeError(f"module 'resnets' has no attribute {name!r}")
+
+
 __all__ = [
     "BasicBlock",
+    "Classifier",
+    "Prediction",
     "Bottleneck",
     "PreActBlock",
     "PreActBottleneck",

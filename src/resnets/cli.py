@@ -31,7 +31,7 @@ from resnets.training.config import PRECISIONS
 from resnets.training.evaluate import eval_config
 from resnets.training.factory import resume_config
 from resnets.training.memory import format_bytes
-from resnets.training.runtime import Runtime
+from resnets.training.runtime import Runtime, resolve_device
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -132,8 +132,31 @@ def _eval(args: argparse.Namespace) -> int:
     print("\nconfusion matrix (rows: true class, columns: predicted, in class order above)")
     for name, row in zip(names, result["confusion"], strict=True):
         print(f"{name:<{width}}  " + " ".join(f"{n:5d}" for n in row))
-    print(f"\nwrote {result['confusion_png']}")
+    print(f"\nwrote {result['confusion_png']} and {result['predictions_png']}")
     return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from resnets.predict import Classifier, ImageError, image_files  # noqa: PLC0415 (Pillow)
+
+    classifier = Classifier.from_checkpoint(args.checkpoint, resolve_device(args.device))
+    files, problems = image_files(args.images)
+    for problem in problems:
+        print(f"resnets: error: {problem}", file=sys.stderr)
+
+    def report(error: ImageError) -> None:
+        problems.append(str(error))
+        print(f"resnets: error: {error}", file=sys.stderr)
+
+    results = classifier.predict(files, args.top_k, args.batch_size, on_error=report)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+    else:
+        for number, result in enumerate(results):
+            width = max(len(name) for name, _ in result.top)
+            lines = [f"  {name:<{width}}  {p:.4f}" for name, p in result.top]
+            print(("\n" if number else "") + "\n".join([result.source, *lines]))
+    return 2 if problems else 0
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -316,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="test accuracy, per-class accuracy and confusion matrix of a trained model",
         description="Evaluate a run folder's best checkpoint (its last one if it has no best.pt, "
         "or a checkpoint file) on the test split of the data set it was trained on; writes "
-        "confusion.png into the run folder.",
+        "confusion.png and predictions.png (test images with their predicted classes, the most "
+        "confident mistakes first, in red) into the run folder.",
     )
     evaluate.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT")
     evaluate.add_argument("--data-dir", help="where the data set is (default: as trained)")
@@ -334,6 +358,31 @@ def build_parser() -> argparse.ArgumentParser:
         "is loaded and its weights checked against its network, but no data")
     )  # fmt: skip
     evaluate.set_defaults(handler=_eval)
+
+    predict = commands.add_parser(
+        "predict",
+        help="the most probable classes of image files, by a trained network",
+        description="Classify image files (PNG, JPEG, BMP, WebP; any size, grey or colour) with "
+        "a trained network: a run folder (its best checkpoint, else its last), a checkpoint "
+        "file, or a safetensors file from `resnets export`. Each image is prepared as the "
+        "training images were. A folder stands for the image files directly in it (not its "
+        "sub-folders or hidden files). Exit code: 0 when every image was predicted; 2 when "
+        "any file could not be read or a folder held no images (each named on one line on "
+        "stderr, the other images still predicted), or for a bad checkpoint or option.",
+    )
+    predict.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT",
+                         help="run folder, .pt checkpoint or .safetensors file")  # fmt: skip
+    predict.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER",
+                         help="image files, or folders of them")  # fmt: skip
+    predict.add_argument("--top-k", type=_positive_int, default=5, metavar="K",
+                         help="the K most probable classes per image (5)")  # fmt: skip
+    predict.add_argument("--batch-size", type=_positive_int, default=64, metavar="N",
+                         help="images per forward pass (64)")  # fmt: skip
+    predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    predict.add_argument("--json", action="store_true",
+                         help="print one JSON array of {file, predictions: [{class, "
+                         "probability}]}")  # fmt: skip
+    predict.set_defaults(handler=_predict)
 
     bench = commands.add_parser(
         "bench",

@@ -12,6 +12,7 @@ import math
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -53,6 +54,52 @@ def parse_augment(text: str) -> tuple[str, ...]:
     if "crop" in parts and "rrc" in parts:
         raise UsageError(f"augmentation {text!r}: use crop (shift) or rrc (resized crop), not both")
     return tuple(p for p in AUGMENTATIONS if p in parts)
+
+
+def network_input(
+    pixels: torch.Tensor, spec: DataSpec, image_size: int, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """uint8 images (N, C, H, W) as the network sees them when nothing is augmented: normalised
+    per channel, then resized to `image_size`. Evaluation batches are exactly this, and
+    prediction (resnets.predict) calls it, so a trained network is fed as it was trained."""
+    return resize(normalise(pixels, spec, dtype), image_size)
+
+
+def normalise(pixels: torch.Tensor, spec: DataSpec, dtype: torch.dtype) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> `dtype`, minus 255 * mean, times 1 / (255 * std), per channel."""
+    if pixels.dtype != torch.uint8:
+        raise TypeError(f"normalise takes uint8 images, not {pixels.dtype}")
+    shift, scale = _normalisation(spec.mean, spec.std, dtype, pixels.device)
+    x = pixels.to(dtype).sub_(shift.view(1, -1, 1, 1))
+    return x.mul_(scale.view(1, -1, 1, 1))
+
+
+def resize(x: torch.Tensor, image_size: int) -> torch.Tensor:
+    """Float images (N, C, H, W) resized bilinearly to `image_size` squared (antialiased when
+    shrinking); returned as they are when they already have that size."""
+    if x.shape[-2:] == (image_size, image_size):
+        return x
+    return F.interpolate(
+        x,
+        size=(image_size, image_size),
+        mode="bilinear",
+        align_corners=False,
+        antialias=image_size < x.shape[-1],
+    )
+
+
+@lru_cache(maxsize=32)
+def _normalisation(
+    mean: tuple[float, ...], std: tuple[float, ...], dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(255 * mean, 1 / (255 * std)) as tensors, made once per spec, dtype and device.
+
+    Python floats -> `dtype` exactly as a scalar operand would be, so 1-channel batches are
+    bitwise those of the scalar normalisation this replaced.
+    """
+    shift = torch.tensor([255 * m for m in mean], dtype=dtype, device=device)
+    scale = torch.tensor([1 / (255 * s) for s in std], dtype=dtype, device=device)
+    return shift, scale
 
 
 class DeviceBatches:
@@ -116,11 +163,6 @@ class DeviceBatches:
         self.shuffle, self.seed, self.prefetch = shuffle, seed, prefetch
         self.channels_last, self.drop_last, self.dtype = channels_last, drop_last, dtype
         self.pad = spec.pad
-        # Python floats -> float32 exactly as a scalar operand would be, so 1-channel batches
-        # are bitwise those of the scalar normalisation this replaced.
-        self.shift = torch.tensor([255 * m for m in spec.mean], dtype=dtype, device=self.device)
-        inverse = [1 / (255 * s) for s in spec.std]
-        self.scale = torch.tensor(inverse, dtype=dtype, device=self.device)
 
     def __len__(self) -> int:
         """Batches per epoch."""
@@ -186,18 +228,11 @@ class DeviceBatches:
             batch = self._flip(batch, generator)
         if "erase" in self.augment:
             batch = self._erase(batch, generator)
-        x = batch.to(self.dtype).sub_(self.shift.view(1, -1, 1, 1))
-        x = x.mul_(self.scale.view(1, -1, 1, 1))
+        x = normalise(batch, self.spec, self.dtype)
         if "rrc" in self.augment:
             x = random_resized_crop(x, self.image_size, generator)
-        elif x.shape[-2:] != (self.image_size, self.image_size):
-            x = F.interpolate(
-                x,
-                size=(self.image_size, self.image_size),
-                mode="bilinear",
-                align_corners=False,
-                antialias=self.image_size < x.shape[-1],
-            )
+        else:
+            x = resize(x, self.image_size)
         targets: torch.Tensor = labels
         mixes = [m for m in MIX if m in self.augment]
         if mixes:

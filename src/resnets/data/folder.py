@@ -349,7 +349,7 @@ def _build(
         out.truncate(int(np.prod(shape)))
         array = np.memmap(out, dtype=np.uint8, mode="r+", shape=shape)
         bar = tqdm(split.files, f"decoding {split.folder}", unit="img", disable=not progress)
-        with bar, _truncated_images_refused():
+        with bar, truncated_images_refused():
             for path, label in bar:
                 image = _decode(path, size, channels)
                 if image is None:
@@ -409,7 +409,7 @@ def _remove_stale(cache: Path, prefix: str, keep: set[str]) -> None:
 
 
 @contextlib.contextmanager
-def _truncated_images_refused() -> Iterator[None]:
+def truncated_images_refused() -> Iterator[None]:
     """Make Pillow raise on truncated files for the duration, whatever someone else set."""
     before = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -433,24 +433,41 @@ def _resolve_channels(color: str, split: _Split) -> int:
     return 1
 
 
-def _decode(path: Path, size: int, channels: int) -> np.ndarray | None:
-    """One file as a (channels, size, size) uint8 array, or None if it cannot be read."""
+def decode_image(
+    source: str | os.PathLike[str] | Image.Image, size: int, channels: int
+) -> np.ndarray:
+    """One image as a (channels, size, size) uint8 array, exactly as the cache holds it.
+
+    `source` is a file (read as the folder's files are: large JPEGs decoded at reduced scale)
+    or a Pillow image (taken as it is; it is not changed). Then: turned upright by its EXIF
+    orientation, converted to "L" or "RGB", and one bicubic resize of the centred square to
+    `size` x `size`. Raises one of UNREADABLE for a file that is not a readable image; call it
+    inside `truncated_images_refused()` to have truncated files refused too.
+    """
     image: Image.Image
-    try:
-        with Image.open(path) as opened:
+    if isinstance(source, Image.Image):
+        image = _convert(ImageOps.exif_transpose(source), channels)
+    else:
+        with Image.open(source) as opened:
             image = opened
             image.draft(None, (size, size))  # JPEG: decode at 1/2, 1/4 or 1/8 when large enough
             image.load()
             image = ImageOps.exif_transpose(image)
             image = _convert(image, channels)
-    except UNREADABLE:
-        return None
     width, height = image.size
     side = min(width, height)
     box = ((width - side) / 2, (height - side) / 2, (width + side) / 2, (height + side) / 2)
     image = image.resize((size, size), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0)
     array = np.asarray(image, dtype=np.uint8)
     return array[None] if channels == 1 else array.transpose(2, 0, 1)
+
+
+def _decode(path: Path, size: int, channels: int) -> np.ndarray | None:
+    """One file as a (channels, size, size) uint8 array, or None if it cannot be read."""
+    try:
+        return decode_image(path, size, channels)
+    except UNREADABLE:
+        return None
 
 
 def _convert(image: Image.Image, channels: int) -> Image.Image:

@@ -26,6 +26,7 @@ from resnets.training.checkpoint import (
 from resnets.training.config import TrainConfig
 from resnets.training.memory import MemoryFallback
 from resnets.training.plan import find_budget, plan_memory
+from resnets.training.plots import pick_examples
 from resnets.training.recorder import RunFolder
 from resnets.training.runtime import Runtime, autocast
 
@@ -54,47 +55,61 @@ def evaluate(
     progress: bool = False,
     total: int | None = None,
     desc: str = "eval",
+    keep_predictions: bool = False,
 ) -> dict[str, Any]:
     """Mean cross-entropy, accuracy and the confusion matrix (rows: true class, cols: predicted).
 
     A batch that does not fit in memory is split (and the split remembered) rather than failing.
     With `progress`, a progress bar (`total` batches, labelled `desc`) shows on a terminal and
-    is cleared at the end.
+    is cleared at the end. With `keep_predictions`, the result also holds each image's
+    "predicted" class and its softmax probability, "confidence" (CPU tensors, in batch order).
     """
     was_training = model.training
     model.eval()
     fallback = fallback or MemoryFallback()
     loss_sum = torch.zeros((), device=device)
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
+    predicted: list[torch.Tensor] = []
+    confidence: list[torch.Tensor] = []
 
-    def run(x: torch.Tensor, y: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def run(
+        x: torch.Tensor, y: torch.Tensor, chunk: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         logits = torch.cat(
             [predict(model, part, device, precision, tta) for part in x.split(chunk)]
         )
         loss = F.cross_entropy(logits, y, reduction="sum")
-        return loss, y * num_classes + logits.argmax(1)
+        top = logits.softmax(1).amax(1) if keep_predictions else None
+        return loss, y * num_classes + logits.argmax(1), top
 
     bar = tqdm(
         batches, total=total, desc=desc, unit="batch", leave=False,
         disable=None if progress else True,
     )  # fmt: skip
     for x, y in bar:
-        loss, cells = fallback.run(len(x), partial(run, x, y), "eval batch")
+        loss, cells, top = fallback.run(len(x), partial(run, x, y), "eval batch")
         loss_sum += loss
         confusion += torch.bincount(cells, minlength=num_classes * num_classes)
+        if top is not None:
+            predicted.append((cells % num_classes).cpu())
+            confidence.append(top.cpu())
     model.train(was_training)
     matrix = confusion.view(num_classes, num_classes).cpu()
     total = int(matrix.sum())
     if total == 0:
         raise ValueError("evaluation saw no images")
     per_class = matrix.diagonal() / matrix.sum(1).clamp(min=1)
-    return {
+    result = {
         "loss": float(loss_sum) / total,
         "acc": float(matrix.diagonal().sum()) / total,
         "per_class": per_class.tolist(),
         "confusion": matrix.tolist(),
         "images": total,
     }
+    if keep_predictions:
+        result["predicted"] = torch.cat(predicted)
+        result["confidence"] = torch.cat(confidence)
+    return result
 
 
 def eval_config(
@@ -123,7 +138,8 @@ def evaluate_checkpoint(
 
     Builds only what evaluation needs: the model from the checkpoint's name and keyword
     arguments, and the test batches. `overrides` may set device, data_dir, test_samples,
-    eval_batch_size, tta and verify. Writes `confusion.png` into the run folder. Returns the
+    eval_batch_size, tta and verify. Writes `confusion.png` and `predictions.png` (test images
+    with their predictions, mistakes first) into the run folder. Returns the
     metrics of `evaluate` as test_loss/test_acc, `per_class` by class name, `checkpoint`,
     `epoch` and `weights` ("ema" or "model").
     """
@@ -158,7 +174,7 @@ def evaluate_checkpoint(
     metrics = evaluate(
         model, test.epoch(0), device=runtime.device, precision=runtime.precision,
         tta=config.tta and spec.mirror_ok, num_classes=spec.num_classes,
-        progress=progress, total=len(test), desc="eval test",
+        progress=progress, total=len(test), desc="eval test", keep_predictions=confusion_png,
     )  # fmt: skip
     result = {
         "test_loss": metrics["loss"], "test_acc": metrics["acc"],
@@ -173,4 +189,15 @@ def evaluate_checkpoint(
         folder = RunFolder(run_dir_of(file), elsewhere=elsewhere)
         picture = folder.write_confusion(metrics["confusion"], spec.classes, title)
         result["confusion_png"] = str(picture)
+        true = data.test.labels.tolist()
+        predicted, confidence = metrics["predicted"].tolist(), metrics["confidence"].tolist()
+        shown = pick_examples(true, predicted, confidence)
+        examples = data.test.select(torch.tensor(shown, dtype=torch.long)).pixels().numpy()
+        picture = folder.write_predictions(
+            examples, [true[i] for i in shown], [predicted[i] for i in shown],
+            [confidence[i] for i in shown], spec.classes,
+            f"{state['model_name']} on {spec.name} test images: mistakes (red), most confident "
+            "first",
+        )  # fmt: skip
+        result["predictions_png"] = str(picture)
     return result

@@ -1,4 +1,5 @@
-"""Pictures of a run: learning curves and the confusion matrix (matplotlib, no display)."""
+"""Pictures of a run: learning curves, the confusion matrix and a grid of test images with
+their predictions (matplotlib, no display)."""
 
 from __future__ import annotations
 
@@ -71,5 +72,57 @@ def plot_confusion(
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
     ax.set_yticks(range(len(classes)), classes)
     ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix")
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)
+
+
+def pick_examples(
+    true: Sequence[int], predicted: Sequence[int], confidence: Sequence[float], count: int = 32
+) -> list[int]:
+    """Up to `count` image positions to show: the mistakes, the most confident first, then
+    correctly classified images in their order in the split."""
+    positions = range(len(true))
+    wrong = sorted(
+        (i for i in positions if predicted[i] != true[i]), key=lambda i: (-confidence[i], i)
+    )
+    right = [i for i in positions if predicted[i] == true[i]]
+    return (wrong + right)[:count]
+
+
+def plot_predictions(
+    images: Any,
+    true: Sequence[int],
+    predicted: Sequence[int],
+    confidence: Sequence[float],
+    classes: Sequence[str],
+    path: str | Path | IO[bytes],
+    title: str = "",
+    columns: int = 8,
+) -> None:
+    """A grid of uint8 images (N, C, H, W), each titled with its predicted class and
+    probability; a mistake's title is red and also names the true class."""
+    count = len(images)
+    rows = max(1, -(-count // columns))
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(1.45 * columns, 1.6 * rows + 0.4), squeeze=False,
+        constrained_layout=True,
+    )  # fmt: skip
+    for position, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if position >= count:
+            continue
+        pixels = images[position]
+        if pixels.shape[0] == 1:
+            ax.imshow(pixels[0], cmap="gray", vmin=0, vmax=255)
+        else:
+            ax.imshow(pixels.transpose(1, 2, 0))
+        guess, truth = classes[predicted[position]], classes[true[position]]
+        label = f"{guess} {100 * confidence[position]:.0f}%"
+        if guess != truth:
+            ax.set_title(f"{label}\ntrue: {truth}", fontsize=7, color="red")
+        else:
+            ax.set_title(label, fontsize=7)
+    if title:
+        fig.suptitle(title)
     fig.savefig(path, dpi=110, format="png")
     plt.close(fig)

@@ -27,7 +27,7 @@ import yaml
 from resnets.errors import DiskError, UsageError
 from resnets.files import DISK_ERRNOS, free_bytes, write_atomic
 from resnets.training.checkpoint import checkpoint_bytes, save_checkpoint
-from resnets.training.plots import plot_confusion, plot_curves
+from resnets.training.plots import plot_confusion, plot_curves, plot_predictions
 
 METRICS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
            "images_per_sec", "seconds", "lr")  # fmt: skip
@@ -216,6 +216,21 @@ class RunFolder:
         picture = io.BytesIO()
         plot_confusion(matrix, classes, picture, title)
         return self._write("confusion.png", picture.getvalue())
+
+    def write_predictions(
+        self,
+        images: Any,
+        true: Sequence[int],
+        predicted: Sequence[int],
+        confidence: Sequence[float],
+        classes: Sequence[str],
+        title: str,
+    ) -> Path:
+        """`predictions.png`, written by `resnets eval`: test images (uint8, N x C x H x W)
+        titled with their predicted class, mistakes in red (see plots.plot_predictions)."""
+        picture = io.BytesIO()
+        plot_predictions(images, true, predicted, confidence, classes, picture, title)
+        return self._write("predictions.png", picture.getvalue())
 
 
 def _is_temporary(path: Path) -> bool:

@@ -1,0 +1,254 @@
+"""Predictions of a trained network for images: files or Pillow images in, top-k classes out.
+
+    clf = resnets.Classifier.from_checkpoint("runs/x")   # a run folder, .pt or .safetensors
+    print(clf.predict(["a.png"])[0])                     # a.png: cat 0.912, dog 0.051, ...
+
+An image goes the way a training image went. Pillow decodes it as the image-folder cache does
+(`resnets.data.folder.decode_image`: upright by its EXIF orientation, "L" or "RGB" as the
+network's channels, alpha dropped, the centred square resized bicubically to the data set's
+size), then `resnets.data.batches.network_input` normalises and resizes it exactly as
+evaluation batches are (no augmentation, no test-time mirroring). A Pillow image is taken
+as it is decoded; given by its path, a JPEG file at least twice the data's size is decoded at
+reduced scale, as training did, so the two can differ a little.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from resnets.data.batches import network_input
+from resnets.data.folder import EXTENSIONS, UNREADABLE, decode_image, truncated_images_refused
+from resnets.data.spec import DataSpec
+from resnets.errors import DataError, UsageError
+from resnets.weights import TrainedNetwork, load_network
+
+# What `predict` takes for one image: a file's path, or a Pillow image.
+ImageSource = str | os.PathLike[str] | Image.Image
+
+
+class ImageError(DataError):
+    """An image that cannot be read: a missing or empty file, not an image, or a damaged one.
+    The message names it."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The most probable classes of one image, most probable first.
+
+    `source` is the file's path as given, or for a Pillow image its `filename` (when it was
+    opened from a file) or `<image N>`, N its position in the call.
+    """
+
+    source: str
+    top: tuple[tuple[str, float], ...]  # (class name, probability)
+
+    @property
+    def label(self) -> str:
+        """The most probable class."""
+        return self.top[0][0]
+
+    @property
+    def probability(self) -> float:
+        """The most probable class's probability."""
+        return self.top[0][1]
+
+    def to_dict(self) -> dict[str, Any]:
+        """`{"file": ..., "predictions": [{"class": ..., "probability": ...}, ...]}`."""
+        return {
+            "file": self.source,
+            "predictions": [{"class": name, "probability": p} for name, p in self.top],
+        }
+
+    def __str__(self) -> str:
+        return f"{self.source}: " + ", ".join(f"{name} {p:.3f}" for name, p in self.top)
+
+
+class Classifier:
+    """A trained network with its preprocessing and class names, ready to classify images.
+
+    Build it with `Classifier.from_checkpoint(path)`, or from a `TrainedNetwork`
+    (resnets.weights). The network is in eval mode with plain convolutions, in float32.
+    """
+
+    def __init__(self, network: TrainedNetwork, device: str | torch.device = "cpu") -> None:
+        self.network = network
+        self.device = torch.device(device)
+        self.model = network.build().to(self.device)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> Classifier:
+        """From a run folder (its best.pt, else last.pt), a training checkpoint (.pt), or a
+        safetensors file written by `resnets export --format safetensors`."""
+        return cls(load_network(path), device)
+
+    @property
+    def spec(self) -> DataSpec:
+        """The data set the network was trained on: classes, channels, size, mean and std."""
+        return self.network.spec
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.network.spec.classes
+
+    @property
+    def image_size(self) -> int:
+        """The side of the network's input (images are first made `spec.size` square)."""
+        return self.network.image_size
+
+    def to(self, device: str | torch.device) -> Classifier:
+        """Move the network to `device` (e.g. "cuda"); returns the classifier itself."""
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        return self
+
+    def __repr__(self) -> str:
+        return (
+            f"Classifier({self.network.model_name}, {self.spec.name}: "
+            f"{len(self.classes)} classes, from {self.network.source}, on {self.device})"
+        )
+
+    def decode(self, image: ImageSource) -> torch.Tensor:
+        """One image as the uint8 (C, S, S) tensor training stored (S: `spec.size`).
+
+        Raises ImageError, one line naming the file, for a file that is missing, empty, not an
+        image, truncated or damaged.
+        """
+        try:
+            with truncated_images_refused():
+                array = decode_image(image, self.spec.size, self.spec.channels)
+        except UNREADABLE as error:
+            raise ImageError(_why_unreadable(image, error)) from error
+        return torch.from_numpy(array.copy())  # Pillow's array is read-only
+
+    @torch.inference_mode()
+    def logits(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Float32 logits (N, classes), on the classifier's device, of uint8 images
+        (N, C, H, W) as training stored them (H = W = `spec.size`)."""
+        channels = self.spec.channels
+        if pixels.dtype != torch.uint8 or pixels.dim() != 4 or pixels.shape[1] != channels:
+            raise UsageError(
+                f"expected uint8 images (N, {channels}, H, W), got {pixels.dtype} "
+                f"{tuple(pixels.shape)}"
+            )
+        x = network_input(pixels.to(self.device), self.spec, self.image_size)
+        return self.model(x).float()
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        images: ImageSource | Iterable[ImageSource],
+        top_k: int = 5,
+        batch_size: int = 64,
+        on_error: Callable[[ImageError], None] | None = None,
+    ) -> list[Prediction]:
+        """The `top_k` most probable classes of each image (files and/or Pillow images), in
+        the order given, `batch_size` images through the network at a time.
+
+        An image that cannot be read raises ImageError, unless `on_error` is given: it is then
+        called with the error and the image is left out of the results (each result names its
+        `source`).
+        """
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise UsageError(f"top_k must be a positive whole number, not {top_k!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise UsageError(f"batch_size must be a positive whole number, not {batch_size!r}")
+        if isinstance(images, (str, os.PathLike, Image.Image)):
+            images = [images]
+        k = min(top_k, len(self.classes))
+        results: list[Prediction] = []
+        for batch in _chunks(enumerate(images), batch_size):
+            names, pixels = [], []
+            for position, image in batch:
+                try:
+                    pixels.append(self.decode(image))
+                except ImageError as error:
+                    if on_error is None:
+                        raise
+                    on_error(error)
+                    continue
+                names.append(_name_of(image, position))
+            if not pixels:
+                continue
+            probabilities = self.logits(torch.stack(pixels)).softmax(1)
+            values, indices = probabilities.topk(k, dim=1)
+            for name, ps, ids in zip(names, values.tolist(), indices.tolist(), strict=True):
+                top = tuple((self.classes[i], p) for i, p in zip(ids, ps, strict=True))
+                results.append(Prediction(name, top))
+        return results
+
+
+def image_files(paths: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
+    """The files to predict for command-line arguments, and one line per argument that gives
+    none. A folder stands for its image files (by extension, any case; sorted by name; hidden
+    files and sub-folders left out); any other argument is taken as a file, to be read (and
+    refused if it cannot be) as it is, whatever its name."""
+    files: list[Path] = []
+    problems: list[str] = []
+    for given in paths:
+        path = Path(given)
+        if not path.is_dir():
+            files.append(path)
+            continue
+        found = sorted(
+            (child for child in path.iterdir() if _is_image_name(child.name) and child.is_file()),
+            key=lambda child: child.name,
+        )
+        if not found:
+            problems.append(
+                f"{path}: a folder without image files ({' '.join(EXTENSIONS)}); "
+                "point at image files or a folder holding them"
+            )
+        files.extend(found)
+    return files, problems
+
+
+def _is_image_name(name: str) -> bool:
+    return not name.startswith(".") and name.lower().endswith(EXTENSIONS)
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _name_of(image: ImageSource, position: int) -> str:
+    if isinstance(image, Image.Image):
+        return str(getattr(image, "filename", "") or f"<image {position}>")
+    return os.fspath(image)
+
+
+def _why_unreadable(image: ImageSource, error: BaseException) -> str:
+    """One line: the image's name and why it cannot be read."""
+    if isinstance(image, Image.Image):
+        name = str(getattr(image, "filename", "") or "a Pillow image")
+        return f"{name}: cannot be converted for the network ({_one_line(error)})"
+    path = Path(image)
+    if isinstance(error, FileNotFoundError) or not path.exists():
+        return f"{path}: no such file"
+    if path.is_dir():
+        return f"{path}: a folder, not an image file"
+    if isinstance(error, PermissionError):
+        return f"{path}: not allowed to read it"
+    if path.stat().st_size == 0:
+        return f"{path}: an empty file, not an image"
+    if isinstance(error, Image.UnidentifiedImageError):
+        return f"{path}: not an image file that Pillow can read (PNG, JPEG, BMP, WebP, ...)"
+    return f"{path}: a damaged or truncated image ({_one_line(error)})"
+
+
+def _one_line(error: BaseException) -> str:
+    return re.sub(r"\s+", " ", str(error)).strip() or type(error).__name__
