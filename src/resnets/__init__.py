@@ -16,6 +16,7 @@ from resnets.models import (
     create_model,
     list_models,
 )
+from resnets.pretrained import LoadReport, load_pretrained
 
 __version__ = "0.1.0"
 
@@ -27,10 +28,12 @@ del _name
 __all__ = [
     "BasicBlock",
     "Bottleneck",
+    "LoadReport",
     "PreActBlock",
     "PreActBottleneck",
     "ResNet",
     "create_model",
     "list_models",
+    "load_pretrained",
     *MODEL_SPECS,
 ]
