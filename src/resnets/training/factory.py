@@ -19,6 +19,7 @@ from resnets.data.datasets import DataOptions, Dataset, Split, load_dataset
 from resnets.data.spec import DataSpec
 from resnets.errors import DataError, UsageError
 from resnets.models import create_model
+from resnets.pretrained import freeze_backbone, load_pretrained
 from resnets.training.checkpoint import (
     RESUME_KEYS,
     CheckpointError,
@@ -100,6 +101,16 @@ def build_model(config: TrainConfig, spec: DataSpec, runtime: Runtime | None = N
     return model
 
 
+def start_from_weights(model: nn.Module, config: TrainConfig, quiet: bool = False) -> None:
+    """Load `config.weights` into the new model (a note says what was loaded and what is new),
+    and freeze its backbone if asked (the optimizer then holds the classifier only)."""
+    if config.weights is not None:
+        report = load_pretrained(model, config.weights, strict_shapes=True)
+        notice(quiet)(report.summary())
+    if config.freeze_backbone:
+        freeze_backbone(model)
+
+
 def build_batches(
     config: TrainConfig, data: Dataset, runtime: Runtime, quiet: bool = False
 ) -> Batches:
@@ -150,6 +161,8 @@ def build_trainer(
     data = data or load_data(config, quiet)
     config = fit_to_data(config, data.spec, quiet)
     model = build_model(config, data.spec, runtime)
+    if fresh:  # a resumed run has its own weights in its checkpoint
+        start_from_weights(model, config, quiet)
     return Trainer(
         config, runtime=runtime, model=model, model_kwargs=model_kwargs(config, data.spec),
         spec=data.spec, batches=build_batches(config, data, runtime, quiet),
