@@ -17,7 +17,7 @@ from test_cli_train import data_dir, flags, run  # noqa: F401 (data_dir is a fix
 import resnets
 from resnets.errors import UsageError
 from resnets.pretrained import LoadReport, adapt_input_conv, load_pretrained
-from resnets.training import TrainConfig, build_trainer, load_checkpoint
+from resnets.training import TrainConfig, build_trainer, load_checkpoint, resume_trainer
 from resnets.training.loop import build_optimizer
 from resnets.weights import WeightsError
 
@@ -266,6 +266,19 @@ def test_resume_does_not_reload_the_weights(
     second = load_checkpoint(out / "checkpoints" / "last.pt")
     assert second["position"]["epoch"] == 2
     assert torch.equal(second["model"]["layer1.0.conv1.weight"], first["layer1.0.conv1.weight"])
+    resumed = resume_trainer(out, quiet=True)  # still frozen: no gradients for the backbone
+    trainable = [n for n, p in resumed.model.named_parameters() if p.requires_grad]
+    assert trainable == ["fc.weight", "fc.bias"]
+
+
+@pytest.mark.usefixtures("offline_data")
+def test_a_bad_weights_file_is_said_before_the_data_are_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(capsys, "train", "--weights", str(tmp_path / "absent.pth"),
+                       "--out", str(tmp_path / "run"))  # fmt: skip
+    assert code == 2
+    assert err == f"resnets: error: {tmp_path / 'absent.pth'}: no such weights file\n"
 
 
 def test_train_with_weights_of_another_shape_is_exit_2(

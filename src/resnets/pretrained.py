@@ -183,6 +183,14 @@ def load_pretrained(
         source, name = _state_dict(dict(path_or_state_dict), "the state dict"), "a state dict"
     else:
         source, name = read_weights(path_or_state_dict)
+    return apply_weights(model, source, name, strict_shapes=strict_shapes)
+
+
+def apply_weights(
+    model: nn.Module, source: dict[str, torch.Tensor], name: str, *, strict_shapes: bool = False
+) -> LoadReport:
+    """`load_pretrained` of a state dict already read by `read_weights` (`name` is what the
+    report and errors call it)."""
     report = LoadReport(name)
     own = model.state_dict()
     new: dict[str, torch.Tensor] = {}
