@@ -289,7 +289,7 @@ def test_features_and_stages() -> None:
     model = resnets.resnet18().eval()
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
-        features = model.forward_features(x)
+        features = model.forward_pooled(x)
         stages = model.forward_stages(x)
         assert features.shape == (2, 512)
         torch.testing.assert_close(model.fc(features), model(x))

@@ -20,6 +20,7 @@ from resnets.models import (
     create_model,
     list_models,
 )
+from resnets.pretrained import LoadReport, load_pretrained
 
 __version__ = "0.1.0"
 
@@ -42,10 +43,12 @@ __all__ = [
     "Classifier",
     "Prediction",
     "Bottleneck",
+    "LoadReport",
     "PreActBlock",
     "PreActBottleneck",
     "ResNet",
     "create_model",
     "list_models",
+    "load_pretrained",
     *MODEL_SPECS,
 ]

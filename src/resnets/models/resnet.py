@@ -91,6 +91,7 @@ class ResNet(nn.Module):
         self.num_classes = num_classes
         self.preact = block.startswith("preact")
         self.num_features = widths[-1]
+        self.init = init
 
         if stem == "imagenet":
             self.conv1 = nn.Conv2d(in_channels, stem_width, 7, stride=2, padding=3, bias=bias)
@@ -111,7 +112,7 @@ class ResNet(nn.Module):
             self.norm = nn.BatchNorm2d(widths[-1])
             self.act = nn.ReLU(inplace=True)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(widths[-1], num_classes)
+        self.fc: nn.Linear | nn.Identity = nn.Linear(widths[-1], num_classes)
         self._initialise(init, zero_init_residual)
 
     def _initialise(self, init: str, zero_init_residual: bool) -> None:
@@ -154,13 +155,45 @@ class ResNet(nn.Module):
         return outputs
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Globally pooled features, shape (N, num_features): the classifier's input."""
+        """The last stage's map, unpooled, shape (N, num_features, H/32, W/32) for the ImageNet
+        stem: timm's `forward_features`. Pre-activation networks' final BN-ReLU is applied."""
         x = self.stem(x)
         for stage in self.stages():
             x = stage(x)
         if self.preact:
             x = self.act(self.norm(x))
-        return torch.flatten(self.avgpool(x), 1)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Global average pooling of a `forward_features` map, then the classifier; with
+        `pre_logits` the pooled features (N, num_features) alone (timm's signature)."""
+        x = torch.flatten(self.avgpool(x), 1)
+        return x if pre_logits else self.fc(x)
+
+    def forward_pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """Globally pooled features, shape (N, num_features): the classifier's input.
+
+        (Named `forward_features` before that name took timm's meaning, the unpooled map.)
+        """
+        return self.forward_head(self.forward_features(x), pre_logits=True)
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A new classifier for `num_classes` outputs (initialised as the model's was);
+        0 makes it an identity, so the model returns pooled features (timm's convention)."""
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
+            raise ValueError(f"num_classes must be a whole number >= 0, not {num_classes!r}")
+        device = self.fc.weight.device if isinstance(self.fc, nn.Linear) else None
+        if num_classes == 0:
+            self.fc = nn.Identity()
+        else:
+            self.fc = nn.Linear(self.num_features, num_classes, device=device)
+            if self.init == "xavier":
+                nn.init.xavier_uniform_(self.fc.weight)
+                nn.init.zeros_(self.fc.bias)
+        self.num_classes = num_classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.forward_features(x))
+        return self.forward_head(self.forward_features(x))

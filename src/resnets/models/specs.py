@@ -7,8 +7,10 @@ the CIFAR rows are its section 4.2 (6n+2 layers, option-A shortcuts) and He et a
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from resnets.errors import UsageError
@@ -86,9 +88,12 @@ class UnknownModelError(UsageError):
         super().__init__(f"unknown model {given}; choose one of: {', '.join(MODEL_SPECS)}")
 
 
-def list_models() -> list[str]:
-    """Every model name `create_model` accepts, in table order."""
-    return list(MODEL_SPECS)
+def list_models(pattern: str | None = None) -> list[str]:
+    """Every model name `create_model` accepts, in table order; with `pattern`, those that
+    match it as a shell glob (`fnmatch`), e.g. "resnet*" or "*preact*", as timm's does."""
+    if pattern is None:
+        return list(MODEL_SPECS)
+    return [name for name in MODEL_SPECS if fnmatch.fnmatchcase(name, pattern)]
 
 
 def default_input_size(name: str) -> tuple[int, int, int]:
@@ -111,6 +116,8 @@ def create_model(
     in_channels: int | None = None,
     small_input: bool = False,
     width: float = 1.0,
+    pretrained: str | Path | bool | None = None,
+    in_chans: int | None = None,
     **options: Any,
 ) -> ResNet:
     """Build the named network.
@@ -123,7 +130,38 @@ def create_model(
         width: multiplies every channel count (0.5 halves the network's width).
         options: `zero_init_residual`, `shortcut` ("A", "B", "C") and, for bottlenecks,
             `stride_on` ("3x3" or "1x1").
+        pretrained: weights to start from, a file or URL as `resnets.load_pretrained` takes
+            (a torchvision .pth, a resnets checkpoint or safetensors file): the first conv is
+            adapted to `in_channels`, the classifier left new for another `num_classes`, and
+            any other shape that differs is an error. Unlike timm's, not a flag: resnets
+            downloads nothing it was not given the address of (False is accepted: none).
+        in_chans: timm's name for `in_channels`.
     """
+    if in_chans is not None:
+        if in_channels is not None and in_channels != in_chans:
+            raise UsageError(f"in_chans={in_chans} and in_channels={in_channels} disagree")
+        in_channels = in_chans
+    if pretrained is True:
+        raise UsageError(
+            "pretrained takes a weights file or URL (resnets has no weights of its own to "
+            "download), e.g. pretrained='resnet50-0676ba61.pth'"
+        )
+    model = _build(name, num_classes, in_channels, small_input, width, options)
+    if pretrained is not None and pretrained is not False:
+        from resnets.pretrained import load_pretrained  # noqa: PLC0415 (it imports this module)
+
+        load_pretrained(model, pretrained, strict_shapes=True)
+    return model
+
+
+def _build(
+    name: str,
+    num_classes: int | None,
+    in_channels: int | None,
+    small_input: bool,
+    width: float,
+    options: dict[str, Any],
+) -> ResNet:
     if name not in MODEL_SPECS:
         raise UnknownModelError(name)
     unknown = set(options) - set(MODEL_OPTIONS)

@@ -47,6 +47,7 @@ FLOAT_RANGES: tuple[tuple[str, float, float | None, bool], ...] = (
     ("ema", 0, 1, True),
     ("width", 0, None, False),
     ("val_fraction", 0, 1, True),
+    ("lr_backbone", 0, None, True),
 )
 
 
@@ -114,6 +115,21 @@ class TrainConfig:
     eval_every: int = _setting(1, "test every N epochs, and after the last")
     tta: bool = _setting(False, "evaluate on each image and its mirror image, averaged")
     ema: float = _setting(0.0, "decay of an exponential moving average of the weights (0: off)")
+    weights: str | None = _setting(
+        None, "start from these weights: a torchvision .pth, or a resnets run folder, checkpoint "
+        "or safetensors file; nothing is downloaded unless an http(s) URL is given (into "
+        "torch.hub's cache). The first conv is adapted to the data's channels and the "
+        "classifier is new for another number of classes; any other shape that differs is an "
+        "error"
+    )
+    freeze_backbone: bool = _setting(
+        False, "train the classifier only: the rest keeps its weights, and its BatchNorm layers "
+        "stay in eval mode, so their running statistics are frozen too"
+    )
+    lr_backbone: float = _setting(
+        1.0, "multiplier of the learning rate for every parameter but the classifier's (which "
+        "gets the full rate), e.g. 0.1 when fine-tuning"
+    )
 
     def resolved_momentum(self) -> float:
         if self.momentum is not None:
@@ -180,6 +196,11 @@ class TrainConfig:
         get_entry(self.dataset)
         if self.memory_budget is not None:
             parse_memory_budget(self.memory_budget, of=1)
+        if self.freeze_backbone and self.lr_backbone != 1:
+            raise UsageError(
+                "lr_backbone has no effect with freeze_backbone (the backbone does not train); "
+                "give one of them"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 from tqdm import tqdm
 
@@ -19,6 +20,7 @@ from resnets.data.datasets import DataOptions, Dataset, Split, load_dataset
 from resnets.data.spec import DataSpec
 from resnets.errors import DataError, UsageError
 from resnets.models import create_model
+from resnets.pretrained import apply_weights, freeze_backbone, read_weights
 from resnets.training.checkpoint import (
     RESUME_KEYS,
     CheckpointError,
@@ -100,6 +102,22 @@ def build_model(config: TrainConfig, spec: DataSpec, runtime: Runtime | None = N
     return model
 
 
+def start_from_weights(
+    model: nn.Module,
+    config: TrainConfig,
+    weights: tuple[dict[str, torch.Tensor], str] | None,
+    quiet: bool = False,
+) -> None:
+    """Load `weights` (`read_weights(config.weights)`) into the new model (a note says what was
+    loaded and what is new), and freeze its backbone if asked (the optimizer then holds the
+    classifier only)."""
+    if weights is not None:
+        report = apply_weights(model, *weights, strict_shapes=True)
+        notice(quiet)(report.summary())
+    if config.freeze_backbone:
+        freeze_backbone(model)
+
+
 def build_batches(
     config: TrainConfig, data: Dataset, runtime: Runtime, quiet: bool = False
 ) -> Batches:
@@ -146,10 +164,14 @@ def build_trainer(
     folder = RunFolder(run_dir or config.out or default_run_dir(config.model))
     if fresh:
         folder.check(fresh=True)  # a bad --out is said before the data are read
+    # a new run reads its --weights before the data, so that a bad file is said at once; a
+    # resumed run has its own weights in its checkpoint
+    weights = read_weights(config.weights) if fresh and config.weights is not None else None
     runtime = Runtime.resolve(config.device, config.precision, config.channels_last)
     data = data or load_data(config, quiet)
     config = fit_to_data(config, data.spec, quiet)
     model = build_model(config, data.spec, runtime)
+    start_from_weights(model, config, weights, quiet)  # freezing applies to a resumed run too
     return Trainer(
         config, runtime=runtime, model=model, model_kwargs=model_kwargs(config, data.spec),
         spec=data.spec, batches=build_batches(config, data, runtime, quiet),

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from resnets.data.batches import DeviceBatches
 from resnets.data.spec import DataSpec
 from resnets.errors import ResnetsError, UsageError
+from resnets.pretrained import backbone_norms_eval, split_parameters
 from resnets.training.config import TrainConfig
 from resnets.training.ema import build_ema
 from resnets.training.evaluate import evaluate
@@ -89,18 +90,37 @@ class Position:
     train_seconds: float = 0.0
 
 
-def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on weights of convolutions and the classifier, not on BN or biases."""
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0},
-    ]
+def _parameter_groups(
+    model: nn.Module, weight_decay: float, lr_backbone: float = 1.0, freeze_backbone: bool = False
+) -> list[dict[str, Any]]:
+    """Weight decay on weights of convolutions and the classifier, not on BN or biases.
+
+    With `freeze_backbone` only the classifier's parameters are in the groups; with
+    `lr_backbone` other than 1 the backbone's are in groups of their own whose `lr_scale`
+    multiplies the learning rate. Otherwise the groups are the two above, as they always were.
+    """
+
+    def split(params: list[nn.Parameter], **extra: Any) -> list[dict[str, Any]]:
+        return [
+            {"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay, **extra},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0, **extra},
+        ]
+
+    if not freeze_backbone and lr_backbone == 1:
+        return split(list(model.parameters()))
+    backbone, head = split_parameters(model)
+    if freeze_backbone:
+        return split(head)
+    return split(backbone, lr_scale=lr_backbone) + split(head)
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    groups = _parameter_groups(model, config.weight_decay)
+    groups = _parameter_groups(
+        model, config.weight_decay, config.lr_backbone, config.freeze_backbone
+    )
+    for group in groups:
+        if "lr_scale" in group:
+            group["lr"] = config.lr * group["lr_scale"]
     if config.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=config.lr)
     momentum = config.resolved_momentum()
@@ -216,7 +236,7 @@ class Trainer:
         steps = len(self.batches.train)
         lr = learning_rate(self.config, step, self.config.epochs * steps, steps)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"] if "lr_scale" in group else lr
         return lr
 
     def _check_finite(self, loss_sum: torch.Tensor, epoch: int, batch: int) -> None:
@@ -235,6 +255,8 @@ class Trainer:
             unit="batch", leave=False, disable=True if self.quiet else None,
         )  # fmt: skip
         self.model.train()
+        if self.config.freeze_backbone:
+            backbone_norms_eval(self.model)  # its running statistics stay as they were loaded
         loss_sum = torch.tensor(pos.loss_sum, device=self.device)
         correct = torch.tensor(pos.correct, device=self.device)
         start = time.perf_counter()
