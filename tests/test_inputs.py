@@ -376,3 +376,29 @@ def test_argument_errors_are_one_line(capsys: pytest.CaptureFixture[str], argv: 
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert err.startswith(f"resnets {argv[0]}: error: argument {argv[1]}")
     assert err.strip().endswith(f"(see resnets {argv[0]} --help)")
+
+
+class _Payload:
+    """Unpickled without care, this runs code: it creates the file `marker`."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return exec, (f"open({str(self.marker)!r}, 'w').close()",)
+
+
+@pytest.mark.parametrize(
+    "command", [["eval", "FILE"], ["predict", "FILE", "image.png"],
+                ["export", "FILE", "--format", "pt2"], ["train", "--resume", "FILE"]],  # fmt: skip
+    ids=["eval", "predict", "export", "resume"],
+)
+def test_a_crafted_pickle_as_a_checkpoint_never_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    marker = tmp_path / "ran"
+    file = tmp_path / "model.pt"
+    torch.save({"format": "resnets-checkpoint", "version": 2, "model": _Payload(marker)}, file)
+    code, _, err = run(capsys, *(str(file) if word == "FILE" else word for word in command))
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert str(file) in err and not marker.exists()
