@@ -19,6 +19,18 @@ TINY: dict[str, Any] = {
 }  # fmt: skip
 
 
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """`resnets ARGV` in this process: (exit code, stdout, stderr); argparse's exits count."""
+    from resnets.cli import main
+
+    try:
+        code = main(list(argv))
+    except SystemExit as exit_:  # --help, or argparse refusing an argument
+        code = exit_.code if isinstance(exit_.code, int) else 0
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def no_warning(message: str) -> None:
     """A `warn` callback for calls that must not warn."""
     raise AssertionError(f"unexpected warning: {message}")

@@ -9,18 +9,10 @@ import sys
 import pytest
 from torch import nn
 
-from resnets.cli import main
 from resnets.errors import UsageError
 from resnets.summary import count_macs, summarize
 
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exit_:  # argparse's own usage errors
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
+from helpers import run_cli as run
 
 
 def test_resnet18_macs_match_the_paper() -> None:

@@ -20,6 +20,7 @@ from resnets.data import FASHION_MNIST
 from resnets.training import load_checkpoint
 
 from helpers import TINY, synthetic_dataset, write_dataset
+from helpers import run_cli as run
 
 
 def flags(settings: dict) -> list[str]:
@@ -42,14 +43,6 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def _offline(*args: object, **kwargs: object) -> None:
     raise urllib.error.URLError("no network in tests")
 
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_train_then_eval(

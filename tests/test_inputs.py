@@ -13,7 +13,6 @@ import pytest
 import torch
 import yaml
 
-from resnets.cli import main
 from resnets.errors import UsageError
 from resnets.models import create_model
 from resnets.training import (
@@ -25,17 +24,10 @@ from resnets.training import (
 )
 
 from helpers import TINY, synthetic_dataset
+from helpers import run_cli as run
 
 DATA = synthetic_dataset()
 
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_one_line_error(code: int, err: str, message: str) -> None:

@@ -30,6 +30,7 @@ from resnets.training.plots import pick_examples
 from resnets.weights import TrainedNetwork, load_network, save_safetensors
 
 from helpers import TINY
+from helpers import run_cli as cli
 
 # Small batches for the few images of the folder; a low learning rate keeps the probabilities
 # away from exactly 0 and 1, so comparing them says something.
@@ -95,14 +96,6 @@ def images(tmp_path: Path) -> Path:
     (folder / "notes.txt").write_text("not an image name, so not read\n")
     return folder
 
-
-def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def check_top(top: list[tuple[str, float]], k: int) -> None:
