@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -309,6 +311,34 @@ def test_truncated_files_refused_whatever_pillow_was_told(
 # -- the cache -------------------------------------------------------------------------------
 
 
+def test_two_loaders_at_once_decode_the_folder_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second process (here a thread, which takes the file lock the same way) waits for
+    the first one's cache instead of decoding the folder again beside it."""
+    root = flat_set(tmp_path / "set", {"a": 3, "b": 3})
+    calls: list[Path] = []
+    real = folder._decode
+    started = threading.Event()
+
+    def slow(path: Path, size: int, channels: int):
+        calls.append(path)
+        started.set()
+        time.sleep(0.05)
+        return real(path, size, channels)
+
+    monkeypatch.setattr(folder, "_decode", slow)
+    results: list[folder.FolderData] = []
+    first = threading.Thread(target=lambda: results.append(load(root)))
+    first.start()
+    started.wait(5)
+    second = load(root)  # starts while the first is decoding
+    first.join(10)
+    assert len(calls) == 6  # each file decoded once, by the first loader
+    assert torch.equal(results[0].train_images, second.train_images)
+    assert len(split_caches(root / ".resnets-cache")) == 2  # one data file, one sidecar
+
+
 def test_unchanged_folder_reuses_cache_without_decoding(tmp_path: Path, decodes) -> None:
     root = flat_set(tmp_path / "set", {"a": 2, "b": 2})
     first = load(root)
@@ -427,7 +457,8 @@ def test_failed_build_leaves_no_files(tmp_path: Path) -> None:
     (root / "a" / "bad.png").write_text("not a png")
     with pytest.raises(DataError):
         load(root)
-    assert list((root / ".resnets-cache").iterdir()) == []
+    left = [p.name for p in (root / ".resnets-cache").iterdir()]
+    assert left == [".train-8px-auto.lock"]  # the empty lock file stays: no data, no temporary
 
 
 def test_images_are_memory_mapped_from_the_cache_file(tmp_path: Path) -> None:

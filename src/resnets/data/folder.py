@@ -293,14 +293,36 @@ def _cached_or_built(
     prefix = f"{split.name}-{size}px-{color}"
     stem = f"{prefix}-{fingerprint[:16]}"
     meta = _read_sidecar(cache / f"{stem}.json", fingerprint, split)
-    built = meta is None
+    built = False
     if meta is None:
-        if channels is None:
-            channels = _resolve_channels(color, split)
-        meta = _build(split, root, cache, stem, fingerprint, size, channels, progress)
-        skipped.extend(meta["skipped"])
-        _remove_stale(cache, prefix, keep={meta["data"], meta["sidecar"]})
+        with _building(cache, prefix):  # one process builds; the others then read its cache
+            meta = _read_sidecar(cache / f"{stem}.json", fingerprint, split)
+            if meta is None:
+                built = True
+                if channels is None:
+                    channels = _resolve_channels(color, split)
+                meta = _build(split, root, cache, stem, fingerprint, size, channels, progress)
+                skipped.extend(meta["skipped"])
+                _remove_stale(cache, prefix, keep={meta["data"], meta["sidecar"]})
     return meta, _map(cache / meta["data"], tuple(meta["shape"])), built
+
+
+@contextlib.contextmanager
+def _building(cache: Path, prefix: str) -> Iterator[None]:
+    """Hold an exclusive lock on the cache of one split, size and colour while it is built, so
+    two processes started on the same folder do not decode it twice or remove each other's
+    temporary files (a no-op where fcntl is missing)."""
+    try:
+        import fcntl  # noqa: PLC0415 (POSIX only)
+    except ImportError:
+        yield
+        return
+    with open(cache / f".{prefix}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _read_sidecar(path: Path, fingerprint: str, split: _Split) -> dict[str, Any] | None:
