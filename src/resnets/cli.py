@@ -22,6 +22,7 @@ from resnets.training import (
     Interrupted,
     TrainConfig,
     build_trainer,
+    distributed,
     evaluate_checkpoint,
     make_config,
     resume_trainer,
@@ -99,6 +100,7 @@ def _train(args: argparse.Namespace) -> int:
     else:
         trainer = build_trainer(make_config(args.recipe, args.config, settings), quiet=args.quiet)
     trainer.fit()
+    distributed.shutdown()  # under torchrun; a process that fails exits without it
     return 0
 
 

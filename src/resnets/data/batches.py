@@ -129,6 +129,7 @@ class DeviceBatches:
         dtype: torch.dtype = torch.float32,
         stream: bool = False,
         prefetch: int = 2,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         split = images if isinstance(images, Split) else Split(images, labels)  # type: ignore[arg-type]
         self.augment = parse_augment(augment)
@@ -163,6 +164,25 @@ class DeviceBatches:
         self.shuffle, self.seed, self.prefetch = shuffle, seed, prefetch
         self.channels_last, self.drop_last, self.dtype = channels_last, drop_last, dtype
         self.pad = spec.pad
+        self.rank, self.world = shard
+
+    def rows_in(self, index: int) -> int:
+        """Images in batch `index` of an epoch, all shards together."""
+        return min(self.batch_size, self.count - index * self.batch_size)
+
+    def _shard(self, batch: Batch) -> Batch:
+        """This process's contiguous block of a batch built whole (`shard`: rank, world).
+
+        Every process builds the same whole batch, with the same order and augmentation draws,
+        and keeps its block: mixup and CutMix pair images across the batch, and the draws do
+        not depend on the world size, so training matches one process on the whole batch. The
+        cost is that each process gathers and augments the whole batch, not its part.
+        """
+        if self.world == 1:
+            return batch
+        x, y = batch
+        start, stop = (len(y) * r // self.world for r in (self.rank, self.rank + 1))
+        return x[start:stop], y[start:stop]
 
     def __len__(self) -> int:
         """Batches per epoch."""
@@ -189,7 +209,7 @@ class DeviceBatches:
             pixels = (images[s if device_order is None else device_order[s]] for s in spans)
         for span, batch in zip(spans, pixels, strict=True):
             index = span if order is None else order[span].to(self.device)
-            yield self._prepare(batch, self.labels[index], generator, mix_rng)
+            yield self._shard(self._prepare(batch, self.labels[index], generator, mix_rng))
 
     def _gathered(self, spans: list[slice], order: torch.Tensor | None) -> Iterator[torch.Tensor]:
         """Each span's images read from the source on a background thread, `prefetch` ahead."""

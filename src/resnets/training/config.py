@@ -90,6 +90,10 @@ class TrainConfig:
     )
     channels_last: bool | None = _setting(None, "NHWC memory format (default: on where faster)")
     compile: bool = _setting(False, "torch.compile the model")
+    sync_bn: bool = _setting(
+        False, "under torchrun, BatchNorm statistics over the whole batch of all processes "
+        "(SyncBatchNorm) instead of each process's share"
+    )
     device: str = _setting("auto", "auto, cpu, cuda, cuda:N or mps")
     seed: int = _setting(0, "seed for initialisation, shuffling and augmentation")
     dataset: str = _setting("fashion-mnist", "data set (see `resnets datasets`)")

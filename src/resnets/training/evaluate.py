@@ -14,6 +14,7 @@ from torch import nn
 from tqdm import tqdm
 
 from resnets.errors import DataError
+from resnets.training import distributed
 from resnets.training.checkpoint import (
     EVAL_KEYS,
     find_checkpoint,
@@ -56,6 +57,7 @@ def evaluate(
     total: int | None = None,
     desc: str = "eval",
     keep_predictions: bool = False,
+    sharded: bool = False,
 ) -> dict[str, Any]:
     """Mean cross-entropy, accuracy and the confusion matrix (rows: true class, cols: predicted).
 
@@ -87,6 +89,8 @@ def evaluate(
         disable=None if progress else True,
     )  # fmt: skip
     for x, y in bar:
+        if len(y) == 0:  # a process's share of a last batch smaller than the world
+            continue
         loss, cells, top = fallback.run(len(x), partial(run, x, y), "eval batch")
         loss_sum += loss
         confusion += torch.bincount(cells, minlength=num_classes * num_classes)
@@ -94,6 +98,11 @@ def evaluate(
             predicted.append((cells % num_classes).cpu())
             confidence.append(top.cpu())
     model.train(was_training)
+    if sharded:
+        if keep_predictions:
+            raise ValueError("predictions are kept only when one process evaluates the split")
+        distributed.all_reduce_sum(loss_sum)
+        distributed.all_reduce_sum(confusion)
     matrix = confusion.view(num_classes, num_classes).cpu()
     total = int(matrix.sum())
     if total == 0:

@@ -21,6 +21,7 @@ from resnets.data.spec import DataSpec
 from resnets.errors import DataError, UsageError
 from resnets.models import create_model
 from resnets.pretrained import apply_weights, freeze_backbone, read_weights
+from resnets.training import distributed
 from resnets.training.checkpoint import (
     RESUME_KEYS,
     CheckpointError,
@@ -41,7 +42,7 @@ from resnets.training.runtime import Runtime, seeded
 
 # Settings that may change when a run is resumed; the rest define the run.
 RESUMABLE = ("epochs", "device", "data_dir", "micro_batch", "eval_batch_size", "eval_every",
-             "compile", "verify", "memory_budget")  # fmt: skip
+             "compile", "verify", "memory_budget", "sync_bn")  # fmt: skip
 
 
 def notice(quiet: bool) -> Callable[[str], None]:
@@ -119,9 +120,15 @@ def start_from_weights(
 
 
 def build_batches(
-    config: TrainConfig, data: Dataset, runtime: Runtime, quiet: bool = False
+    config: TrainConfig,
+    data: Dataset,
+    runtime: Runtime,
+    quiet: bool = False,
+    place: distributed.Dist | None = None,
 ) -> Batches:
-    """Batches of every split; images beyond the memory budget are streamed from disk."""
+    """Batches of every split; images beyond the memory budget are streamed from disk. In a
+    data-parallel run (`place`) each process takes its share of every batch."""
+    place = place or distributed.Dist()
     splits = [s for s in (data.train, data.val, data.test) if s is not None]
     needed = sum(s.nbytes() for s in splits)
     budget = find_budget(config.memory_budget, runtime.device)
@@ -138,7 +145,7 @@ def build_batches(
             split, spec=data.spec, batch_size=size, image_size=config.image_size,
             device=runtime.device, shuffle=train,
             augment=config.augment if train else "none", seed=config.seed,
-            channels_last=runtime.channels_last, stream=stream,
+            channels_last=runtime.channels_last, stream=stream, shard=(place.rank, place.world),
         )  # fmt: skip
 
     return Batches(
@@ -146,6 +153,25 @@ def build_batches(
         test=batches(data.test, False),
         val=None if data.val is None else batches(data.val, False),
     )
+
+
+def join_processes(config: TrainConfig) -> distributed.Dist:
+    """Under torchrun, join the other processes (on cuda:LOCAL_RANK when training on CUDA)."""
+    place = distributed.Dist.from_env()
+    if place.world > 1:
+        device = Runtime.resolve(device_of(config, place), config.precision, False).device
+        place = distributed.init(device)
+    return place
+
+
+def device_of(config: TrainConfig, place: distributed.Dist) -> str:
+    """The configured device; under torchrun on CUDA, each process's own GPU (LOCAL_RANK)."""
+    if place.world > 1 and (
+        config.device.startswith("cuda")
+        or (config.device == "auto" and torch.cuda.is_available())
+    ):
+        return f"cuda:{place.local_rank}"
+    return config.device
 
 
 def build_trainer(
@@ -161,20 +187,28 @@ def build_trainer(
     """A Trainer with every part built from `config` (or `data` given in memory); `fresh`
     (a new run, not a resumed one) checks the run folder first."""
     config = config.validate()
-    folder = RunFolder(run_dir or config.out or default_run_dir(config.model))
+    place = join_processes(config)
+    quiet = quiet or not place.is_main  # one process speaks for a data-parallel run
+    # every process must agree on the folder (the default one is named by the clock)
+    path = distributed.broadcast_object(
+        str(run_dir or config.out or default_run_dir(config.model))
+    )
+    folder = RunFolder(path, writes=place.is_main)
     if fresh:
         folder.check(fresh=True)  # a bad --out is said before the data are read
     # a new run reads its --weights before the data, so that a bad file is said at once; a
     # resumed run has its own weights in its checkpoint
     weights = read_weights(config.weights) if fresh and config.weights is not None else None
-    runtime = Runtime.resolve(config.device, config.precision, config.channels_last)
+    runtime = Runtime.resolve(device_of(config, place), config.precision, config.channels_last)
     data = data or load_data(config, quiet)
     config = fit_to_data(config, data.spec, quiet)
     model = build_model(config, data.spec, runtime)
     start_from_weights(model, config, weights, quiet)  # freezing applies to a resumed run too
+    if place.world > 1 and config.sync_bn:
+        model = distributed.sync_batch_norm(model, runtime.device)  # same parameters and keys
     return Trainer(
         config, runtime=runtime, model=model, model_kwargs=model_kwargs(config, data.spec),
-        spec=data.spec, batches=build_batches(config, data, runtime, quiet),
+        spec=data.spec, batches=build_batches(config, data, runtime, quiet, place),
         folder=folder,
         log=log, quiet=quiet, on_step=on_step,
     )  # fmt: skip

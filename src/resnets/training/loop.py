@@ -18,12 +18,14 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from resnets.data.batches import DeviceBatches
 from resnets.data.spec import DataSpec
 from resnets.errors import ResnetsError, UsageError
 from resnets.pretrained import backbone_norms_eval, split_parameters
+from resnets.training import distributed
 from resnets.training.config import TrainConfig
 from resnets.training.ema import build_ema
 from resnets.training.evaluate import evaluate
@@ -158,9 +160,17 @@ class Trainer:
         self.model, self.model_kwargs = model, model_kwargs
         self.batches, self.folder = batches, folder
         self.log, self.quiet, self.on_step = log, quiet, on_step
-        self.step_model: nn.Module = (
+        self.place = distributed.info()
+        self.eval_model: nn.Module = (
             torch.compile(model) if config.compile else model  # type: ignore[assignment]
         )
+        self.step_model = self.eval_model
+        if self.place.world > 1:
+            self._check_shares(batches)
+            ddp = DistributedDataParallel(
+                model, device_ids=[self.device] if self.device.type == "cuda" else None
+            )
+            self.step_model = torch.compile(ddp) if config.compile else ddp  # type: ignore[assignment]
         self.optimizer = build_optimizer(model, config)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.ema = build_ema(model, config.ema)
@@ -168,12 +178,24 @@ class Trainer:
         self.eval_fallback = MemoryFallback(None, self._notice)
         self.parts = StepParts(
             model, self.step_model, self.optimizer, self.scaler, self.fallback, self.ema,
-            self.device, self.precision, config.label_smoothing,
+            self.device, self.precision, config.label_smoothing, self.place.world,
         )  # fmt: skip
         self.position = Position()
         self.history: list[dict[str, Any]] = []
         self._stop_requested = False
         self._stop_signal = signal.SIGINT
+
+    def _check_shares(self, batches: Batches) -> None:
+        """Every process needs at least one image of every training batch: its step joins the
+        exchange of gradients."""
+        train, world = batches.train, self.place.world
+        smallest = min(train.batch_size, train.rows_in(len(train) - 1))
+        if smallest < world:
+            raise UsageError(
+                f"a training batch of {smallest} images cannot be shared by {world} processes; "
+                "use a --batch-size (and a number of training images) that leaves every batch, "
+                "the last included, at least one image per process"
+            )
 
     @property
     def run_dir(self) -> Path:
@@ -217,6 +239,8 @@ class Trainer:
         if self.ema and state["ema"]:
             self.ema.load_state_dict(state["ema"])
         self.position = Position(**state["position"])
+        if not self.place.is_main:  # the saved sums are of all processes: the first adds them
+            self.position.loss_sum, self.position.correct = 0.0, 0
         self.history = list(state["history"])
         self.fallback.size = self.config.micro_batch or state["micro_batch"]
         torch.random.set_rng_state(state["rng"]["torch"])
@@ -228,9 +252,12 @@ class Trainer:
 
     # ---- training ----------------------------------------------------------------------------
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step on the batch, in micro-batches if memory requires it."""
-        return train_step(self.parts, x, y)
+    def train_step(
+        self, x: torch.Tensor, y: torch.Tensor, total: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on the batch (this process's share of `total` images), in
+        micro-batches if memory requires it."""
+        return train_step(self.parts, x, y, total)
 
     def _set_lr(self, step: int) -> float:
         steps = len(self.batches.train)
@@ -240,7 +267,8 @@ class Trainer:
         return lr
 
     def _check_finite(self, loss_sum: torch.Tensor, epoch: int, batch: int) -> None:
-        if not torch.isfinite(loss_sum):
+        """Stop on a NaN or infinite loss; every process stops when any one's loss is."""
+        if distributed.any_true(not bool(torch.isfinite(loss_sum))):
             raise Diverged(
                 f"the training loss became {float(loss_sum)} in epoch {epoch + 1} by batch "
                 f"{batch}; stopped ({self.folder.kept()}). Try a lower --lr or --precision fp32."
@@ -262,32 +290,53 @@ class Trainer:
         start = time.perf_counter()
         for x, y in bar:
             self._set_lr(epoch * steps + pos.batch)
-            step_loss, step_correct = self.train_step(x, y)
+            total = self.batches.train.rows_in(pos.batch)  # of all processes together
+            step_loss, step_correct = self.train_step(x, y, total)
             loss_sum += step_loss
             correct += step_correct
             pos.batch += 1
-            pos.seen += len(y)
+            pos.seen += total
             if pos.batch % NAN_CHECK_EVERY == 0:  # the epoch's end is checked after the loop
                 self._check_finite(loss_sum, epoch, pos.batch)
-                bar.set_postfix(loss=f"{float(loss_sum) / pos.seen:.4f}", refresh=False)
+                # this process's share of the loss, scaled up (exact for one process)
+                shown = float(loss_sum) * self.place.world / pos.seen
+                bar.set_postfix(loss=f"{shown:.4f}", refresh=False)
             if self.on_step:
                 self.on_step(self, epoch * steps + pos.batch)
-            if self._stop_requested:
+            if self._agree_after_step():
                 break
         self._check_finite(loss_sum, epoch, pos.batch)
         pos.train_seconds += time.perf_counter() - start
+        distributed.all_reduce_sum(loss_sum)
+        distributed.all_reduce_sum(correct)
         pos.loss_sum, pos.correct = float(loss_sum), int(correct)
+
+    def _agree_after_step(self) -> bool:
+        """Whether to stop now. A data-parallel run agrees on it (a signal seen by any process
+        stops all of them at the same step) and on the micro-batch (the smallest any process
+        fell back to on running out of memory), in one exchange per step."""
+        if self.place.world == 1:
+            return self._stop_requested
+        unset = 2**62  # no micro-batch yet: the whole batch
+        stop, negative = distributed.all_reduce_max(
+            [int(self._stop_requested), -(self.fallback.size or unset)]
+        )
+        self.fallback.size = None if -negative == unset else -negative
+        if stop:
+            self._stop_requested = True
+        return bool(stop)
 
     def evaluate(self, split: str = "test") -> dict[str, Any]:
         """Loss and accuracy of the current weights (the EMA weights when enabled) on `split`."""
         batches = self.batches.val if split == "val" else self.batches.test
         if batches is None:
             raise UsageError("this run holds out no validation split (see --val-fraction)")
-        model = self.ema.module if self.ema else self.step_model
+        model = self.ema.module if self.ema else self.eval_model  # never the DDP wrapper
         return evaluate(
             model, batches.epoch(0), device=self.device, precision=self.precision,
             tta=self.config.tta, num_classes=self.spec.num_classes, fallback=self.eval_fallback,
             progress=not self.quiet, total=len(batches), desc=f"eval {split}",
+            sharded=self.place.world > 1,
         )  # fmt: skip
 
     def _finish_epoch(self, epoch: int, start: float) -> dict[str, Any]:
@@ -347,15 +396,18 @@ class Trainer:
     def plan_memory(self) -> None:
         """Fit the micro-batch and evaluation batch sizes to the memory budget (see plan.py).
 
-        A micro-batch given with --micro-batch is used as it is.
+        A micro-batch given with --micro-batch is used as it is. In a data-parallel run the
+        plan is of one process's share of a batch, and every process takes the smallest
+        micro-batch and evaluation batch that any planned.
         """
         if self.config.micro_batch is not None:
             return
-        size = self.config.image_size
+        size, world = self.config.image_size, self.place.world
+        share = -(-self.config.batch_size // world)
         plan = plan_memory(
             model=self.model, model_name=self.config.model, model_kwargs=self.model_kwargs,
             runtime=self.runtime, shape=(self.spec.channels, size, size),
-            batch_size=self.config.batch_size, eval_batch_size=self.config.eval_batch_size,
+            batch_size=share, eval_batch_size=-(-self.config.eval_batch_size // world),
             optimizer_copies=optimizer_copies(
                 self.config.optimizer, self.config.resolved_momentum(), self.config.ema
             ),
@@ -363,9 +415,15 @@ class Trainer:
             current=self.fallback.size,
         )  # fmt: skip
         self.fallback.size = plan.micro_batch
+        eval_batch = plan.eval_batch
+        if world > 1:
+            unset = 2**62
+            self.fallback.size = distributed.all_reduce_min(plan.micro_batch or unset)
+            self.fallback.size = None if self.fallback.size == unset else self.fallback.size
+            eval_batch = distributed.all_reduce_min(plan.eval_batch) * world
         for batches in (self.batches.test, self.batches.val):
             if batches is not None:
-                batches.batch_size = min(batches.batch_size, plan.eval_batch)
+                batches.batch_size = min(batches.batch_size, eval_batch)
         self._notice(plan.message)
 
     def fit(self) -> dict[str, Any]:
@@ -402,7 +460,8 @@ class Trainer:
                 self._write_epoch(row)
         summary = self.summary()
         self.folder.write_summary(summary)
-        self.log(self._final_line(summary))
+        if self.place.is_main:
+            self.log(self._final_line(summary))
         return summary
 
     def _write_epoch(self, row: dict[str, Any]) -> None:

@@ -40,12 +40,17 @@ def default_run_dir(model: str) -> Path:
 class RunFolder:
     """Writes one run's files; never starts a new run over an old one or over a user's files.
 
-    `elsewhere` is the way out that a DiskError proposes besides freeing space.
+    `elsewhere` is the way out that a DiskError proposes besides freeing space. With
+    `writes=False` (every process of a data-parallel run but the first) it checks and writes
+    nothing: one process owns the folder.
     """
 
-    def __init__(self, path: str | Path, *, elsewhere: str = "choose another --out") -> None:
+    def __init__(
+        self, path: str | Path, *, elsewhere: str = "choose another --out", writes: bool = True
+    ) -> None:
         self.path = Path(path)
         self.elsewhere = elsewhere
+        self.writes = writes
         self.last_position: dict[str, Any] | None = None  # where last.pt stands, when known
 
     @property
@@ -66,6 +71,8 @@ class RunFolder:
         removed either way.
         """
         self.last_position = None if fresh else position
+        if not self.writes:
+            return []
         payload = yaml.safe_dump(settings, sort_keys=False)
         with self._writing(self.path / "config.yaml", len(payload.encode())):
             notes = self.check(fresh=fresh)
@@ -88,6 +95,8 @@ class RunFolder:
     def check(self, *, fresh: bool) -> list[str]:
         """Refuse a folder this run must not write into (see `start`), writing nothing; called
         early too, so a bad --out is said before any data is read."""
+        if not self.writes:
+            return []
         if self.path.exists() and not self.path.is_dir():
             raise UsageError(f"--out {self.path} is a file, not a folder; choose another --out")
         notes = self._check_fresh() if fresh else []
@@ -189,6 +198,8 @@ class RunFolder:
 
     def save(self, name: str, state: dict[str, Any]) -> Path:
         path = self.path / "checkpoints" / f"{name}.pt"
+        if not self.writes:
+            return path
         with self._writing(path, checkpoint_bytes(state)):
             save_checkpoint(state, path)
         if name == "last":
@@ -197,6 +208,8 @@ class RunFolder:
 
     def write_metrics(self, history: Sequence[dict[str, Any]], title: str) -> None:
         """`metrics.csv` (one row per epoch) and `curves.png`, each replaced whole, atomically."""
+        if not self.writes:
+            return
         table = io.StringIO(newline="")
         writer = csv.DictWriter(table, fieldnames=METRICS)
         writer.writeheader()
@@ -207,6 +220,8 @@ class RunFolder:
         self._write("curves.png", picture.getvalue())
 
     def write_summary(self, summary: dict[str, Any]) -> None:
+        if not self.writes:
+            return
         self._write("summary.json", json.dumps(summary, indent=2) + "\n")
 
     def write_confusion(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -27,28 +28,40 @@ class StepParts:
     device: torch.device
     precision: str
     label_smoothing: float = 0.0
+    world: int = 1  # processes whose gradients DistributedDataParallel averages
 
 
 def train_step(
-    parts: StepParts, x: torch.Tensor, y: torch.Tensor
+    parts: StepParts, x: torch.Tensor, y: torch.Tensor, total: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step on the batch: (summed loss, correct count), both left on the device.
 
     `y` holds class indices, or soft targets (N, classes) from mixup or CutMix. When a batch
     does not fit in memory its gradients are accumulated over micro-batches, each weighted by
     its share, so the optimizer steps on the same batch either way.
+
+    Data-parallel (`parts.world` > 1, `step_model` a DistributedDataParallel): `x` is this
+    process's share of a batch of `total` images. Each micro-batch's mean loss is weighted by
+    its share of the whole batch times the world size, because DDP averages the gradients of
+    the processes: (1 / world) * sum of world * (rows / total) * mean gradient is the gradient
+    of the whole batch's mean loss, as one process would compute it. Gradients are exchanged
+    only on the last micro-batch (`no_sync` on the others).
     """
     n = len(x)
+    total = total or n
 
     def accumulate(chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
         parts.optimizer.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), device=parts.device)
         correct = torch.zeros((), dtype=torch.long, device=parts.device)
-        for xs, ys in zip(x.split(chunk), y.split(chunk), strict=True):
-            with autocast(parts.device, parts.precision):
-                logits = parts.step_model(xs)
-            loss = F.cross_entropy(logits.float(), ys, label_smoothing=parts.label_smoothing)
-            parts.scaler.scale(loss * (len(xs) / n)).backward()
+        pieces = list(zip(x.split(chunk), y.split(chunk), strict=True))
+        for i, (xs, ys) in enumerate(pieces):
+            last = i == len(pieces) - 1
+            with _exchange(parts.step_model, last):
+                with autocast(parts.device, parts.precision):
+                    logits = parts.step_model(xs)
+                loss = F.cross_entropy(logits.float(), ys, label_smoothing=parts.label_smoothing)
+                parts.scaler.scale(loss * (len(xs) * parts.world / total)).backward()
             loss_sum += loss.detach() * len(xs)
             correct += soft_accuracy_count(logits, ys)
         return loss_sum, correct
@@ -59,3 +72,11 @@ def train_step(
     if parts.ema is not None:
         parts.ema.update_parameters(parts.model)
     return stats
+
+
+def _exchange(model: nn.Module, last: bool) -> contextlib.AbstractContextManager[object]:
+    """DDP's `no_sync` (gradients kept local) on every micro-batch but the last."""
+    no_sync = getattr(model, "no_sync", None)
+    if last or no_sync is None:
+        return contextlib.nullcontext()
+    return no_sync()
