@@ -195,11 +195,12 @@ def _checked(idx_set: IdxSet, directory: Path, verify: bool, warn: Callable[[str
     for stem in STEMS:
         path = find_file(directory, stem)
         assert path is not None  # callers only pass complete folders
-        if not (path.name.endswith(".gz") and stem in idx_set.md5) and stem not in idx_set.sha256:
+        digest = _published_digest(idx_set, path, stem)
+        if digest is None:
             unverifiable.append(path.name)
             continue
         try:
-            _verify(idx_set, path, stem)
+            _verify(idx_set, path, digest)
         except ChecksumError as error:
             if verify:
                 raise
@@ -221,20 +222,23 @@ def file_md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _verify(idx_set: IdxSet, path: Path, stem: str) -> None:
-    """Raise ChecksumError unless `path` is the published file (checked once per process).
+Digest = tuple[str, str, Callable[[Path], str]]  # kind, expected hex digest, how to compute
 
-    A .gz is checked by the MD5 of its bytes where that is published, else (and for plain
-    files) by the SHA-256 of the decompressed contents where that is known; a file with neither
-    cannot be checked and is accepted.
-    """
-    gzipped = path.name.endswith(".gz")
-    if gzipped and stem in idx_set.md5:
-        kind, expected, compute = "md5", idx_set.md5[stem], file_md5
-    elif stem in idx_set.sha256:
-        kind, expected, compute = "sha256", idx_set.sha256[stem], idx_payload_sha256
-    else:
-        return
+
+def _published_digest(idx_set: IdxSet, path: Path, stem: str) -> Digest | None:
+    """How `path` is checked: a .gz by the MD5 of its bytes where that is published, else (and
+    plain files) by the SHA-256 of the decompressed contents where that is known; None when
+    neither is."""
+    if path.name.endswith(".gz") and stem in idx_set.md5:
+        return "md5", idx_set.md5[stem], file_md5
+    if stem in idx_set.sha256:
+        return "sha256", idx_set.sha256[stem], idx_payload_sha256
+    return None
+
+
+def _verify(idx_set: IdxSet, path: Path, digest: Digest) -> None:
+    """Raise ChecksumError unless `path` has its published `digest` (checked once per process)."""
+    kind, expected, compute = digest
     stat = path.stat()
     key = (path.resolve(), stat.st_mtime_ns, stat.st_size, expected)
     if key in _verified:

@@ -13,7 +13,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from resnets.data.batches import DeviceBatches, parse_augment
 from resnets.data.datasets import DataOptions, Dataset, Split, load_dataset
@@ -34,7 +33,7 @@ from resnets.training.checkpoint import (
     saved_data_spec,
 )
 from resnets.training.config import TrainConfig
-from resnets.training.loop import Batches, Trainer
+from resnets.training.loop import Batches, Trainer, notice
 from resnets.training.memory import format_bytes
 from resnets.training.plan import DATA_SHARE, find_budget
 from resnets.training.recorder import RunFolder, default_run_dir
@@ -43,15 +42,6 @@ from resnets.training.runtime import Runtime, seeded
 # Settings that may change when a run is resumed; the rest define the run.
 RESUMABLE = ("epochs", "device", "data_dir", "micro_batch", "eval_batch_size", "eval_every",
              "compile", "verify", "memory_budget", "sync_bn")  # fmt: skip
-
-
-def notice(quiet: bool) -> Callable[[str], None]:
-    """Where a run's one-line notes go: above the progress bar, or nowhere when quiet."""
-    if quiet:
-        return lambda _: None
-    return lambda message: tqdm.write(
-        message if message.startswith("warning:") else f"note: {message}"
-    )
 
 
 def data_options(config: TrainConfig, quiet: bool = False) -> DataOptions:

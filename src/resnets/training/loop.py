@@ -39,6 +39,15 @@ from resnets.training.step import StepParts, train_step
 NAN_CHECK_EVERY = 20  # steps between finiteness checks (each costs a device sync)
 
 
+def notice(quiet: bool) -> Callable[[str], None]:
+    """Where a run's one-line notes go: above the progress bar, or nowhere when quiet."""
+    if quiet:
+        return lambda _: None
+    return lambda message: tqdm.write(
+        message if message.startswith("warning:") else f"note: {message}"
+    )
+
+
 class Interrupted(ResnetsError):
     """Ctrl-C or SIGTERM: the checkpoint is written and the message says how to resume.
 
@@ -208,8 +217,7 @@ class Trainer:
         return "val" if self.batches.val is not None else "test"
 
     def _notice(self, message: str) -> None:
-        if not self.quiet:
-            tqdm.write(f"note: {message}")
+        notice(self.quiet)(message)
 
     # ---- checkpoints -------------------------------------------------------------------------
 

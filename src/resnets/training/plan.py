@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,12 @@ from resnets.training.memory import (
     proc_bytes,
     release_memory,
 )
-from resnets.training.runtime import Runtime, autocast, release_freed_host_memory
+from resnets.training.runtime import (
+    Runtime,
+    autocast,
+    peak_memory_bytes,
+    release_freed_host_memory,
+)
 
 MARGIN = 0.85  # the share of the headroom a planned step may take
 DATA_SHARE = 0.5  # data above this share of the budget is streamed from disk
@@ -107,12 +111,7 @@ class Plan:
 def resident_bytes() -> int:
     """This process's resident memory now."""
     resident = proc_bytes("/proc/self/status", "VmRSS")
-    if resident is not None:
-        return resident
-    import resource  # noqa: PLC0415 (not on Windows)
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
+    return peak_memory_bytes(torch.device("cpu")) if resident is None else resident
 
 
 def find_budget(text: str | None, device: torch.device) -> Budget:

@@ -132,9 +132,10 @@ def release_freed_host_memory() -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0)) or True
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # returns whether it freed anything
     except (OSError, AttributeError):
         return False
+    return True
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
