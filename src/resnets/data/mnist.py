@@ -166,7 +166,7 @@ def locate(
 
 def _how_to_get_it(idx_set: IdxSet, reason: str) -> str:
     files = ", ".join(f"{stem}.gz" for stem in STEMS)
-    ways = [f"  - --data-dir DIR (or $RESNETS_DATA=DIR) with the four files: {files}"]
+    ways = [f"  - --data-dir DIR, or {idx_set.cache_dir()}, with the four files: {files}"]
     if idx_set.debian_package:
         ways.insert(
             0,
