@@ -166,7 +166,8 @@ def locate(
 
 def _how_to_get_it(idx_set: IdxSet, reason: str) -> str:
     files = ", ".join(f"{stem}.gz" for stem in STEMS)
-    ways = [f"  - --data-dir DIR, or {idx_set.cache_dir()}, with the four files: {files}"]
+    env = "$RESNETS_DATA" if idx_set is FASHION_MNIST else f"$RESNETS_DATA/{idx_set.name}"
+    ways = [f"  - --data-dir DIR (or {env}) with the four files: {files}"]
     if idx_set.debian_package:
         ways.insert(
             0,
