@@ -29,7 +29,7 @@ from resnets.training import (
 )
 from resnets.training import checkpoint as checkpoint_module
 from resnets.training.recorder import METRICS
-from resnets.training.step import train_step
+from resnets.training.step import ExchangeOutOfMemory, train_step
 
 from helpers import TINY, synthetic_dataset, write_dataset
 
@@ -444,3 +444,48 @@ def test_cifar_paper_recipe_has_the_papers_numbers() -> None:
     lrs = [learning_rate(config, s, config.epochs * steps, steps) for s in (0, 400, 32_100, 48_100)]
     assert lrs == pytest.approx([0.01, 0.1, 0.01, 0.001])
     assert "crop" in config.augment and "flip" in config.augment
+
+
+class _OutOfMemoryOnBackward:
+    """A GradScaler stand-in whose `backward` runs out of memory on the listed calls."""
+
+    def __init__(self, scaler: Any, failing: set[int]) -> None:
+        self.scaler, self.failing, self.calls = scaler, failing, 0
+
+    def scale(self, loss: torch.Tensor) -> Any:
+        outer = self
+
+        class Scaled:
+            def backward(self) -> None:
+                outer.calls += 1
+                if outer.calls in outer.failing:
+                    raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+                outer.scaler.scale(loss).backward()
+
+        return Scaled()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.scaler, name)
+
+
+@pytest.mark.parametrize(("failing", "raised"), [({1}, False), ({2}, True)])
+def test_out_of_memory_while_exchanging_gradients_stops_instead_of_retrying(
+    tmp_path: Path, failing: set[int], raised: bool
+) -> None:
+    """In a data-parallel step (world 2) of two micro-batches, running out of memory in the
+    first (gradients kept local) is retried with smaller micro-batches; in the last one, whose
+    backward exchanges gradients with the other processes, a retry would put this process out
+    of step with them, so the step stops with the micro-batch to use."""
+    run = trainer(tmp_path)
+    run.parts.world = 2
+    run.parts.scaler = _OutOfMemoryOnBackward(run.parts.scaler, failing)  # type: ignore[assignment]
+    run.fallback.size = 25
+    run.fallback.announce = lambda _: None
+    x, y = next(iter(run.batches.train.epoch(0)))
+    if raised:
+        with pytest.raises(ExchangeOutOfMemory, match="--micro-batch 12"):
+            train_step(run.parts, x, y, total=2 * len(x))
+        assert run.fallback.size == 25  # not retried
+    else:
+        train_step(run.parts, x, y, total=2 * len(x))
+        assert run.fallback.size == 12  # retried in smaller micro-batches

@@ -11,7 +11,8 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from resnets.data.augment import soft_accuracy_count
-from resnets.training.memory import MemoryFallback
+from resnets.errors import ResnetsError
+from resnets.training.memory import MemoryFallback, is_out_of_memory
 from resnets.training.runtime import autocast
 
 
@@ -61,7 +62,12 @@ def train_step(
                 with autocast(parts.device, parts.precision):
                     logits = parts.step_model(xs)
                 loss = F.cross_entropy(logits.float(), ys, label_smoothing=parts.label_smoothing)
-                parts.scaler.scale(loss * (len(xs) * parts.world / total)).backward()
+                try:
+                    parts.scaler.scale(loss * (len(xs) * parts.world / total)).backward()
+                except Exception as error:
+                    if last and parts.world > 1 and is_out_of_memory(error):
+                        raise ExchangeOutOfMemory(len(xs)) from error
+                    raise
             loss_sum += loss.detach() * len(xs)
             correct += soft_accuracy_count(logits, ys)
         return loss_sum, correct
@@ -72,6 +78,22 @@ def train_step(
     if parts.ema is not None:
         parts.ema.update_parameters(parts.model)
     return stats
+
+
+class ExchangeOutOfMemory(ResnetsError):
+    """Out of memory in the backward pass that exchanges gradients with the other processes.
+
+    Some of the exchanges may have started, so trying again with a smaller micro-batch here
+    would leave this process's exchanges out of step with the others' and hang the job: it
+    stops instead, naming a micro-batch that fits.
+    """
+
+    def __init__(self, size: int) -> None:
+        smaller = max(1, size // 2)
+        super().__init__(
+            f"out of memory in a micro-batch of {size} while exchanging gradients with the other "
+            f"processes; start again with --micro-batch {smaller} (or resume with it)"
+        )
 
 
 def _exchange(model: nn.Module, last: bool) -> contextlib.AbstractContextManager[object]:
