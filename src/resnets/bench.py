@@ -9,14 +9,23 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from resnets.data import DataNotFoundError, Dataset, load_dataset
 from resnets.data.datasets import get_entry
 from resnets.errors import DataError, UsageError
 from resnets.summary import count_macs
+from resnets.training import distributed
 from resnets.training.config import TrainConfig, make_config
 from resnets.training.evaluate import evaluate
-from resnets.training.factory import build_batches, build_model, data_options, fit_to_data
+from resnets.training.factory import (
+    build_batches,
+    build_model,
+    data_options,
+    device_of,
+    fit_to_data,
+    join_processes,
+)
 from resnets.training.loop import build_optimizer
 from resnets.training.memory import MemoryFallback
 from resnets.training.runtime import Runtime, peak_memory_bytes, reset_peak_memory
@@ -87,22 +96,32 @@ def benchmark(
     `settings` as for `bench_config`. Peak memory is the device's peak allocation on a GPU and
     the process's peak resident memory on the CPU (so run one benchmark per process to compare
     them).
+
+    Under torchrun, every process takes its share of each batch of `batch_size` (as in
+    training), the rates are of all processes together, and the peak is the largest process's.
     """
     config = bench_config(model, steps=steps, warmup=warmup, **settings)
     image_size, batch_size, compile = config.image_size, config.batch_size, config.compile
     data, source = bench_data(config, batch_size * (warmup + steps))
-    runtime = Runtime.resolve(config.device, config.precision, config.channels_last)
+    place = join_processes(config)  # under torchrun: one share of each batch per process
+    runtime = Runtime.resolve(device_of(config, place), config.precision, config.channels_last)
     config = fit_to_data(config, data.spec, quiet=True)
     network = build_model(config, data.spec, runtime)
-    step_model: nn.Module = (
+    eval_model: nn.Module = (
         torch.compile(network) if compile else network  # type: ignore[assignment]
     )
-    batches = build_batches(config, data, runtime, quiet=True)
+    step_model = eval_model
+    if place.world > 1:
+        ddp = DistributedDataParallel(
+            network, device_ids=[runtime.device] if runtime.device.type == "cuda" else None
+        )
+        step_model = torch.compile(ddp) if compile else ddp  # type: ignore[assignment]
+    batches = build_batches(config, data, runtime, quiet=True, place=place)
     optimizer = build_optimizer(network, config)
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.precision == "fp16")
     parts = StepParts(
         network, step_model, optimizer, scaler, MemoryFallback(None, lambda _: None), None,
-        runtime.device, runtime.precision,
+        runtime.device, runtime.precision, world=place.world,
     )  # fmt: skip
     dev = runtime.device
 
@@ -110,20 +129,26 @@ def benchmark(
         for _, batch in zip(range(warmup), batches, strict=False):
             run_one(batch)
         _synchronize(dev)
+        distributed.barrier()  # every process starts and stops the clock together
         start = time.perf_counter()
         for batch in batches:
             run_one(batch)
         _synchronize(dev)
+        distributed.barrier()
         return time.perf_counter() - start
 
     reset_peak_memory(dev)
     network.train()
-    train_seconds = timed(batches.train.epoch(0), lambda b: train_step(parts, *b))
+    train_seconds = timed(
+        batches.train.epoch(0), lambda b: train_step(parts, *b, total=batch_size)
+    )
     eval_seconds = timed(
         batches.test.epoch(0),
-        lambda b: evaluate(step_model, [b], device=dev, precision=runtime.precision,
-                           num_classes=data.spec.num_classes),  # fmt: skip
-    )
+        lambda b: evaluate(eval_model, [b], device=dev, precision=runtime.precision,
+                           num_classes=data.spec.num_classes, sharded=place.world > 1),
+    )  # fmt: skip
+    # the largest process's peak (each process holds its own share and a copy of the model)
+    peak = distributed.all_reduce_max([peak_memory_bytes(dev)])[0]
     macs = count_macs(network, (data.spec.channels, image_size, image_size))
     train_rate = steps * batch_size / train_seconds
     return {
@@ -137,9 +162,10 @@ def benchmark(
         "data": source,
         "streamed": batches.train.stream,
         "steps": steps,
+        "processes": place.world,
         "train_images_per_sec": train_rate,
         "eval_images_per_sec": steps * batch_size / eval_seconds,
-        "peak_memory_bytes": peak_memory_bytes(dev),
+        "peak_memory_bytes": peak,
         "macs_per_image": macs,
         # Training costs about 3 forward passes (forward, and backward for inputs and weights).
         "train_gflops_per_sec": train_rate * 3 * 2 * macs / 1e9,
