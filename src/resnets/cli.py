@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 import typing
 from collections.abc import Callable, Sequence
@@ -21,11 +22,11 @@ from resnets.summary import count_params, format_count, format_summary, summariz
 from resnets.training import (
     Interrupted,
     TrainConfig,
-    build_trainer,
     distributed,
     evaluate_checkpoint,
     make_config,
     resume_trainer,
+    start_trainer,
 )
 from resnets.training.checkpoint import model_from_checkpoint
 from resnets.training.config import PRECISIONS
@@ -98,7 +99,7 @@ def _train(args: argparse.Namespace) -> int:
     elif args.dry_run:
         return _dry_run(make_config(args.recipe, args.config, settings), "resnets train")
     else:
-        trainer = build_trainer(make_config(args.recipe, args.config, settings), quiet=args.quiet)
+        trainer = start_trainer(make_config(args.recipe, args.config, settings), quiet=args.quiet)
     trainer.fit()
     distributed.shutdown()  # under torchrun; a process that fails exits without it
     return 0
@@ -173,6 +174,9 @@ def _bench(args: argparse.Namespace) -> int:
         config = bench_config(args.model, **options)
         return _dry_run(config, "resnets bench", {"steps": args.steps, "warmup": args.warmup})
     result = benchmark(args.model, **options)
+    distributed.shutdown()
+    if not distributed.Dist.from_env().is_main:
+        return 0  # under torchrun, the first process reports for all
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -182,6 +186,7 @@ def _bench(args: argparse.Namespace) -> int:
         f"{result['device']} {result['precision']} {layout}, {result['data']} data"
         f"{' (streamed from disk)' if result['streamed'] else ''}, "
         f"{result['steps']} timed steps"
+        f"{', ' + str(result['processes']) + ' processes' if result['processes'] > 1 else ''}"
     )
     print(f"train  {result['train_images_per_sec']:10.1f} images/s")
     print(f"eval   {result['eval_images_per_sec']:10.1f} images/s")
@@ -452,25 +457,50 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    place = distributed.Dist.from_env()
+    # under torchrun each process speaks for itself, so its rank comes first
+    who = f"rank {place.rank}: " if place.world > 1 else ""
     try:
         return args.handler(args)
     except ResnetsError as error:
         if args.debug:
             raise
+        if not place.is_main and (
+            isinstance(error, Interrupted)  # the first process saved and says so
+            or (isinstance(error, UsageError) and not distributed.active())
+        ):
+            return error.exit_code  # said once, by the first process
         kind = "" if isinstance(error, Interrupted) else "error: "  # a stop is not an error
-        print(f"resnets: {kind}{error}", file=sys.stderr)
+        print(f"resnets: {kind}{who}{error}", file=sys.stderr)
         return error.exit_code
+    except RuntimeError as error:
+        if args.debug or not (place.world > 1 and distributed.peer_failed(error)):
+            raise
+        print(
+            f"resnets: error: {who}stopped because another process of this job failed or "
+            f"stopped answering ({_first_line(error)}); its own message says why",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt as error:  # a second Ctrl-C or SIGTERM, or one outside training
         if args.debug:
             raise
-        print(f"resnets: {error or 'interrupted'}", file=sys.stderr)
+        print(f"resnets: {who}{error or 'interrupted'}", file=sys.stderr)
         return getattr(error, "exit_code", 130)
     except OSError as error:  # a file we did not expect to fail (a cache, a download folder)
         if args.debug:
             raise
         where = f"{error.filename}: " if error.filename else ""
-        print(f"resnets: error: {where}{error.strerror or error}", file=sys.stderr)
+        print(f"resnets: error: {who}{where}{error.strerror or error}", file=sys.stderr)
         return 1
+
+
+def _first_line(error: BaseException) -> str:
+    """The gist of a collective's error: its first sentence, without the source location."""
+    lines = str(error).strip().splitlines()
+    if not lines:
+        return type(error).__name__
+    return re.sub(r"^\[[^\]]*\]\s*", "", lines[0]).split(". ")[0][:160]
 
 
 if __name__ == "__main__":

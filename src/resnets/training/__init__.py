@@ -9,6 +9,7 @@ from resnets.training.factory import (
     build_trainer,
     load_data,
     resume_trainer,
+    start_trainer,
 )
 from resnets.training.loop import Aborted, Diverged, Interrupted, Trainer
 from resnets.training.memory import MemoryFallback, is_out_of_memory
@@ -38,5 +39,6 @@ __all__ = [
     "make_config",
     "resume_trainer",
     "save_checkpoint",
+    "start_trainer",
     "train_step",
 ]

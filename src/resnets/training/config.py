@@ -117,6 +117,10 @@ class TrainConfig:
     micro_batch: int | None = _setting(None, "split each batch into micro-batches of N")
     eval_batch_size: int = _setting(512, "images per evaluation batch")
     eval_every: int = _setting(1, "test every N epochs, and after the last")
+    checkpoint_every: int | None = _setting(
+        None, "also save checkpoints/last.pt every N optimizer steps within an epoch, so a "
+        "stopped or restarted run (torchrun --max-restarts) loses at most N steps"
+    )
     tta: bool = _setting(False, "evaluate on each image and its mirror image, averaged")
     ema: float = _setting(0.0, "decay of an exponential moving average of the weights (0: off)")
     weights: str | None = _setting(
@@ -167,7 +171,9 @@ class TrainConfig:
                     f"{f.name} must be one of {', '.join(choices)}, not {shown(value)}"
                 )
         positive = ("epochs", "batch_size", "image_size", "eval_batch_size", "eval_every")
-        optional_positive = ("train_samples", "test_samples", "micro_batch", "cache_size")
+        optional_positive = (
+            "train_samples", "test_samples", "micro_batch", "cache_size", "checkpoint_every"
+        )
         for name in positive + optional_positive:
             value = getattr(self, name)
             if value is None and name in optional_positive:

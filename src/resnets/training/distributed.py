@@ -44,6 +44,24 @@ class Dist:
         return self.rank == 0
 
 
+@dataclass(frozen=True)
+class Elastic:
+    """What torchrun says about restarts: how many happened, how many it allows, and the
+    job's rendezvous id (the same in every attempt; "none" when not given)."""
+
+    restart_count: int = 0
+    max_restarts: int = 0
+    run_id: str = "none"
+
+    @classmethod
+    def from_env(cls) -> Elastic:
+        return cls(
+            restart_count=int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)),
+            max_restarts=int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", 0)),
+            run_id=os.environ.get("TORCHELASTIC_RUN_ID", "none") or "none",
+        )
+
+
 def info() -> Dist:
     """This process's place: from the process group when one is running, else the environment."""
     if active():
@@ -66,19 +84,29 @@ def init(device: torch.device) -> Dist:
     place = Dist.from_env()
     if place.world <= 1 or active():
         return info()
+    store, rank, world = next(dist.rendezvous("env://", timeout=TIMEOUT))
+    # torchrun keeps one store for all attempts of a job: the keys of a failed attempt (the
+    # addresses of its dead processes) would be read by the next one, whose processes then
+    # fail to connect. Each attempt's keys get a prefix of their own.
+    attempt = Elastic.from_env().restart_count
+    store = dist.PrefixStore(f"resnets/attempt-{attempt}", store)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        dist.init_process_group("nccl", timeout=TIMEOUT, device_id=device)
+        dist.init_process_group(
+            "nccl", store=store, rank=rank, world_size=world, timeout=TIMEOUT, device_id=device
+        )
     else:
-        dist.init_process_group("gloo", timeout=TIMEOUT)
+        dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=TIMEOUT)
     return info()
 
 
 def shutdown() -> None:
     """Leave the process group once every process is done (the first may still be writing)."""
+    global _gloo
     if active():
         dist.barrier()
         dist.destroy_process_group()
+    _gloo = None
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
@@ -115,9 +143,33 @@ def broadcast_object(value: T) -> T:
     return box[0]
 
 
-def barrier() -> None:
-    if active():
+def barrier(timeout: timedelta | None = None) -> None:
+    """Wait for every process. With `timeout`, wait that long instead of the process group's
+    (for work that one process does while the others wait, such as reading a data set)."""
+    if not active():
+        return
+    if timeout is None:
         dist.barrier()
+        return
+    global _gloo
+    if _gloo is None:  # monitored_barrier needs gloo; made once, by every process together
+        _gloo = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+    dist.monitored_barrier(_gloo, timeout=timeout)
+
+
+_gloo: Any = None
+
+
+def peer_failed(error: BaseException) -> bool:
+    """True for the error a collective raises here when another process of the job died (its
+    connection closed) or did not answer in time: that process's own error is the cause."""
+    if isinstance(error, dist.DistError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(
+        sign in text for sign in ("Connection closed by peer", "Connection reset by peer",
+                                  "Broken pipe", "Timed out", "timed out")
+    )  # fmt: skip
 
 
 def sync_batch_norm(model: nn.Module, device: torch.device) -> nn.Module:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ from resnets.training.runtime import Runtime, seeded
 
 # Settings that may change when a run is resumed; the rest define the run.
 RESUMABLE = ("epochs", "device", "data_dir", "micro_batch", "eval_batch_size", "eval_every",
-             "compile", "verify", "memory_budget", "sync_bn")  # fmt: skip
+             "compile", "verify", "memory_budget", "sync_bn", "checkpoint_every")  # fmt: skip
 
 
 def data_options(config: TrainConfig, quiet: bool = False) -> DataOptions:
@@ -60,6 +61,28 @@ def load_data(config: TrainConfig, quiet: bool = False) -> Dataset:
     )  # fmt: skip
     for note in data.notes:
         notice(quiet)(note)
+    return data
+
+
+# How long the other processes of a machine wait for its first one to find, download, check or
+# decode the data (a large image folder takes a while), before they give up.
+DATA_WAIT = timedelta(hours=2)
+
+
+def load_data_per_node(
+    config: TrainConfig, quiet: bool, place: distributed.Dist
+) -> Dataset:
+    """`load_data` for a data-parallel run: the first process on each machine finds, downloads,
+    checks (and for a folder, decodes) the data while the others wait; they then read what it
+    left, without checking the digests again."""
+    if place.world == 1:
+        return load_data(config, quiet)
+    first = place.local_rank == 0
+    if not first:
+        distributed.barrier(DATA_WAIT)
+    data = load_data(config if first else dataclasses.replace(config, verify=False), quiet)
+    if first:
+        distributed.barrier(DATA_WAIT)
     return data
 
 
@@ -190,7 +213,7 @@ def build_trainer(
     # resumed run has its own weights in its checkpoint
     weights = read_weights(config.weights) if fresh and config.weights is not None else None
     runtime = Runtime.resolve(device_of(config, place), config.precision, config.channels_last)
-    data = data or load_data(config, quiet)
+    data = data or load_data_per_node(config, quiet, place)
     config = fit_to_data(config, data.spec, quiet)
     model = build_model(config, data.spec, runtime)
     start_from_weights(model, config, weights, quiet)  # freezing applies to a resumed run too
@@ -202,6 +225,35 @@ def build_trainer(
         folder=folder,
         log=log, quiet=quiet, on_step=on_step,
     )  # fmt: skip
+
+
+def start_trainer(config: TrainConfig, *, quiet: bool = False, **kwargs: Any) -> Trainer:
+    """A new run; or, in processes that torchrun restarted (`--max-restarts`) after one of the
+    job's processes failed, the same run continued from its last checkpoint. A restarted
+    process runs the same command again, so the run folder must have a name that does not
+    change between attempts: --out, or one made from torchrun's rendezvous id."""
+    elastic = distributed.Elastic.from_env()
+    if elastic.max_restarts > 0 and config.out is None:
+        if elastic.run_id == "none":
+            raise UsageError(
+                "with torchrun --max-restarts, give --out (or torchrun's --rdzv-id), so that "
+                "restarted processes find the run they continue"
+            )
+        named = Path("runs") / f"{config.model}-{elastic.run_id}"
+        config = dataclasses.replace(config, out=str(named))
+    if elastic.restart_count > 0 and config.out is not None:
+        last = RunFolder(config.out).last
+        if last.exists():
+            changes = {name: getattr(config, name) for name in RESUMABLE}
+            trainer = resume_trainer(config.out, changes, quiet=quiet, **kwargs)
+            at = trainer.position
+            notice(trainer.quiet)(
+                f"torchrun restart {elastic.restart_count} of {elastic.max_restarts}: continuing "
+                f"{config.out} from its last checkpoint (epoch {at.epoch + 1}, after batch "
+                f"{at.batch})"
+            )
+            return trainer
+    return build_trainer(config, quiet=quiet, **kwargs)
 
 
 def resume_config(

@@ -313,11 +313,28 @@ class Trainer:
                 self.on_step(self, epoch * steps + pos.batch)
             if self._agree_after_step():
                 break
+            every = self.config.checkpoint_every
+            if every and (epoch * steps + pos.batch) % every == 0 and pos.batch < steps:
+                self._save_within_epoch(loss_sum, correct, time.perf_counter() - start)
         self._check_finite(loss_sum, epoch, pos.batch)
         pos.train_seconds += time.perf_counter() - start
         distributed.all_reduce_sum(loss_sum)
         distributed.all_reduce_sum(correct)
         pos.loss_sum, pos.correct = float(loss_sum), int(correct)
+
+    def _save_within_epoch(
+        self, loss_sum: torch.Tensor, correct: torch.Tensor, seconds: float
+    ) -> None:
+        """Save last.pt mid-epoch (--checkpoint-every). Every process takes part: the running
+        loss and accuracy in the checkpoint are those of all processes together, and a resumed
+        run continues them from there (see `load_state_dict`)."""
+        pos = self.position
+        started = pos.train_seconds
+        pos.loss_sum = float(distributed.all_reduce_sum(loss_sum.detach().clone()))
+        pos.correct = int(distributed.all_reduce_sum(correct.detach().clone()))
+        pos.train_seconds = started + seconds
+        self.save("last")
+        pos.train_seconds = started  # the epoch's own clock adds its time at the end
 
     def _agree_after_step(self) -> bool:
         """Whether to stop now. A data-parallel run agrees on it (a signal seen by any process
