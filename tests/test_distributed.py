@@ -122,6 +122,31 @@ def test_two_processes_train_as_one_on_the_whole_batch(
         torch.testing.assert_close(double[name], tensor, atol=1e-5, rtol=1e-4, msg=name)
 
 
+def test_without_sync_bn_each_process_normalises_its_own_share(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --sync-bn each process's BatchNorm uses the statistics of its own 25 images,
+    so the run is not one process on batches of 50. It is one process taking each batch in
+    micro-batches of 25 (BN per micro-batch, gradients summed): the parameters must match that
+    to float rounding. The running statistics are not compared: DDP keeps the first process's,
+    updated once per step, where micro-batches update them twice."""
+    two = tmp_path / "two"
+    done = torchrun(*train_flags(data_dir, two), cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    code, _, err = run_cli(capsys, *train_flags(data_dir, tmp_path / "one", "--quiet"))
+    assert code == 0, err
+    code, _, err = run_cli(
+        capsys, *train_flags(data_dir, tmp_path / "micro", "--quiet", "--micro-batch=25")
+    )
+    assert code == 0, err
+    double, micro = weights(two), weights(tmp_path / "micro")
+    parameters = [k for k in double if not k.endswith(("running_mean", "running_var", "tracked"))]
+    for name in parameters:
+        torch.testing.assert_close(double[name], micro[name], atol=1e-5, rtol=1e-4, msg=name)
+    whole = weights(tmp_path / "one")
+    assert any(not torch.allclose(double[k], whole[k], atol=1e-4) for k in parameters)
+
+
 def test_one_process_writes_and_the_summary_matches_an_evaluation(
     two_process_run: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
