@@ -14,7 +14,7 @@ table. The phases:
                     and samples the server's resident memory
 
     python benchmarks/serve_load.py RUN                 # a run folder, checkpoint or safetensors
-    python benchmarks/serve_load.py RUN --requests 600 --concurrency 16 --seconds 20
+    python benchmarks/serve_load.py RUN --requests 1000 --concurrency 16 --seconds 10
 
 Client and server share the machine's cores, as they would on one host: on a small machine
 the figures are of both together.
@@ -23,6 +23,7 @@ the figures are of both together.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import io
 import json
@@ -246,8 +247,8 @@ def table(phases: list[Phase]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", help="run folder, checkpoint or safetensors file to serve")
-    parser.add_argument("--requests", type=int, default=600, help="per closed-loop phase (600)")
-    parser.add_argument("--concurrency", type=int, default=16, help="clients at once (16)")
+    parser.add_argument("--requests", type=int, default=3000, help="per closed phase (3000)")
+    parser.add_argument("--concurrency", type=int, default=64, help="clients at once (64)")
     parser.add_argument("--seconds", type=float, default=20, help="most seconds a phase runs (20)")
     parser.add_argument("--overload-seconds", type=float, default=8, help="overload phase (8)")
     parser.add_argument("--queue-limit", type=int, default=64, help="in the overload phase (64)")
@@ -273,11 +274,16 @@ def main() -> None:
     health_ok = sum(ms != float("inf") for ms in overload.health_ms)
 
     machine = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        found = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
+        machine = found.group(1).strip() if found else machine
     print(f"\n{machine}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
           f"Python {platform.python_version()}, {date.today()}")  # fmt: skip
     print(f"python {' '.join(sys.argv)}\n")
     print(table(phases))
-    print(f"\noverload: offered {overload.offered_per_s:.0f} requests/s (4x {capacity:.0f}); "
+    answered = overload.answered / overload.seconds
+    print(f"\noverload: offered {overload.offered_per_s:.0f} requests/s (4x {capacity:.0f}, "
+          f"{overload.offered_per_s / answered:.1f}x the {answered:.0f} it answered then); "
           f"statuses {dict(overload.statuses)}; /health answered {health_ok} of "
           f"{len(overload.health_ms)} probes, slowest {max(overload.health_ms):.0f} ms, "
           f"and {after} after; server RSS {idle:.0f} MiB before, "
