@@ -436,6 +436,8 @@ def test_limits_are_checked() -> None:
         Limits(max_pixels=10**10)
     with pytest.raises(ValueError, match="max_batch"):
         Limits(max_batch=0)
+    with pytest.raises(ValueError, match="max_wait_ms"):
+        Limits(max_wait_ms=float("inf"))
 
 
 # -- the command ----------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import math
 import signal
 import socket
 import threading
@@ -80,8 +81,9 @@ class Limits:
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise UsageError(f"{name} must be a number >= 0, not {value!r}")
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or not math.isfinite(value) or value < 0:
+                raise UsageError(f"{name} must be a finite number >= 0, not {value!r}")
             if name != "max_wait_ms" and (not isinstance(value, int) or value < 1):
                 raise UsageError(f"{name} must be a positive whole number, not {value!r}")
         if Image.MAX_IMAGE_PIXELS is not None and self.max_pixels > Image.MAX_IMAGE_PIXELS:
