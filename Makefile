@@ -7,13 +7,13 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 RUN_ARGS ?=
 
-.PHONY: run test lint data clean
+.PHONY: run test lint data browser clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
-	$(PY) -m pip install -q -e '.[test,export]'
+	$(PY) -m pip install -q -e '.[test,export,serve]'
 	touch $@
 
 # The real Fashion-MNIST from Debian's package, where apt-get exists; otherwise `resnets`
@@ -28,9 +28,17 @@ data:
 run: $(VENV)/.installed data
 	$(VENV)/bin/resnets train $(RUN_ARGS)
 
+# Debian's Chromium for the serve page's browser test, where apt-get exists; without it that
+# one test is skipped, saying so.
+browser:
+	@if ! command -v chromium >/dev/null && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 \
+		|| echo "note: could not install chromium; the browser test will be skipped"; \
+	fi
+
 # `data` lets the one test that uses the real files run too; without them it is skipped.
 # Lint, type-check the library, then the suite with a coverage summary.
-test: $(VENV)/.installed data
+test: $(VENV)/.installed data browser
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q --cov --cov-report=term

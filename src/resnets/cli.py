@@ -32,7 +32,7 @@ from resnets.training.checkpoint import model_from_checkpoint
 from resnets.training.config import PRECISIONS
 from resnets.training.evaluate import eval_config
 from resnets.training.factory import resume_config
-from resnets.training.memory import format_bytes
+from resnets.training.memory import format_bytes, parse_memory_budget
 from resnets.training.runtime import Runtime, resolve_device
 
 Handler = Callable[[argparse.Namespace], int]
@@ -162,6 +162,18 @@ def _predict(args: argparse.Namespace) -> int:
     return 2 if problems else 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from resnets.predict import Classifier  # noqa: PLC0415
+    from resnets.serve import serve  # noqa: PLC0415 (FastAPI and uvicorn: the serve extra)
+
+    classifier = Classifier.from_checkpoint(args.checkpoint, resolve_device(args.device))
+    limits = {name: getattr(args, name) for name in (
+        "max_batch", "max_wait_ms", "max_images", "max_bytes", "max_pixels", "queue_limit",
+        "top_k")}  # fmt: skip
+    serve(classifier, args.host, args.port, lambda line: print(line, flush=True), **limits)
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     options: dict[str, Any] = dict(
         image_size=args.image_size, batch_size=args.batch_size, precision=args.precision,
@@ -268,6 +280,34 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, not {value}")
     return value
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, not {text!r}")
+    return int(text)
+
+
+def _milliseconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected milliseconds, not {text!r}") from None
+    if not 0 <= value <= 60_000:
+        raise argparse.ArgumentTypeError(f"expected 0 to 60000 milliseconds, not {text}")
+    return value
+
+
+def _byte_size(text: str) -> int:
+    """Bytes from "16MiB", "500KB" or "1000000"."""
+    if text.strip().endswith("%"):
+        raise argparse.ArgumentTypeError(f"expected a size such as 16MiB, not {text!r}")
+    try:
+        return parse_memory_budget(text, of=0)
+    except UsageError:
+        raise argparse.ArgumentTypeError(
+            f"expected a size such as 16MiB, 500KB or 1000000, not {text!r}"
+        ) from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -390,6 +430,40 @@ def build_parser() -> argparse.ArgumentParser:
                          help="print one JSON array of {file, predictions: [{class, "
                          "probability}]}")  # fmt: skip
     predict.set_defaults(handler=_predict)
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve a trained network over HTTP, with a page to try it in the browser",
+        description="Serve a trained network (a run folder, a checkpoint file, or a "
+        "safetensors file from `resnets export`) over HTTP: POST /predict takes images "
+        "(multipart `file` fields, or one image as the body with an image/* Content-Type) "
+        "and answers JSON; GET / is a page to try it, GET /health and /info describe the "
+        "server, GET /openapi.json the API. Requests that arrive together are batched. "
+        "Needs the serve extra: pip install 'resnets[serve]'.",
+    )
+    serve.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT_OR_SAFETENSORS",
+                       help="run folder, .pt checkpoint or .safetensors file")  # fmt: skip
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (127.0.0.1: this machine only; 0.0.0.0: "
+                       "every network, think first)")  # fmt: skip
+    serve.add_argument("--port", type=_port, default=8000, help="port (8000; 0: any free one)")
+    serve.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    serve.add_argument("--max-batch", type=_positive_int, default=32, metavar="N",
+                       help="images per forward pass (32; 1: no batching)")  # fmt: skip
+    serve.add_argument("--max-wait-ms", type=_milliseconds, default=5.0, metavar="T",
+                       help="how long a batch waits for more images once it has one (5)")
+    serve.add_argument("--max-images", type=_positive_int, default=64, metavar="N",
+                       help="images per request (64)")  # fmt: skip
+    serve.add_argument("--max-bytes", type=_byte_size, default=16 * 2**20, metavar="SIZE",
+                       help="largest request body, e.g. 16MiB (the default); more: 413")
+    serve.add_argument("--max-pixels", type=_positive_int, default=40_000_000, metavar="N",
+                       help="most pixels (width x height) of one image (40000000); more: 413")
+    serve.add_argument("--queue-limit", type=_positive_int, default=256, metavar="N",
+                       help="images in the server at once (256); requests beyond it are "
+                       "answered 503 with Retry-After")  # fmt: skip
+    serve.add_argument("--top-k", type=_positive_int, default=5, metavar="K",
+                       help="classes per image unless a request asks for ?top_k=K (5)")
+    serve.set_defaults(handler=_serve)
 
     bench = commands.add_parser(
         "bench",

@@ -1,0 +1,300 @@
+"""`resnets serve` under load, from another process: requests/s, images/s, latency percentiles
+with and without server-side batching, and what a 4x overload does.
+
+Starts `resnets serve RUN` on loopback as a subprocess for each setting, sends it requests
+from this process's threads (each phase bounded in count and in time), and prints a Markdown
+table. The phases:
+
+    no batching     --max-batch 1, CONCURRENCY clients in a closed loop (each sends its next
+                    request when the last is answered), REQUESTS requests
+    batching        --max-batch 32, the same load
+    overload        --max-batch 32 --queue-limit QUEUE: requests sent at 4x the rate the
+                    batching phase answered, whether or not earlier ones were answered
+                    (open loop); counts 200s, 503s and failures, times /health meanwhile,
+                    and samples the server's resident memory
+
+    python benchmarks/serve_load.py RUN                 # a run folder, checkpoint or safetensors
+    python benchmarks/serve_load.py RUN --requests 1000 --concurrency 16 --seconds 10
+
+Client and server share the machine's cores, as they would on one host: on a small machine
+the figures are of both together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import io
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+TIMEOUT = 30.0  # seconds one request may take before it counts as failed
+
+
+@dataclass
+class Phase:
+    """What one phase measured."""
+
+    name: str
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)  # of answered (200) requests
+    statuses: Counter[str] = field(default_factory=Counter)
+    images_per_request: int = 1
+    health_ms: list[float] = field(default_factory=list)
+    rss_mib: list[float] = field(default_factory=list)
+    offered_per_s: float = 0.0
+
+    @property
+    def answered(self) -> int:
+        return self.statuses["200"]
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies, q)) * 1000 if self.latencies else float("nan")
+
+
+@contextmanager
+def server(run: str, *flags: str) -> Iterator[tuple[int, int]]:
+    """`resnets serve RUN --port 0 FLAGS` in a subprocess: yields (port, pid); stops it after."""
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    command = [sys.executable, "-m", "resnets", "serve", run, "--port", "0", "--device", "cpu",
+               *flags]  # fmt: skip
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        found = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+        if not found:
+            sys.exit(f"the server did not start: {line.strip()}")
+        yield int(found.group(1)), process.pid
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def png(seed: int) -> bytes:
+    """A 28x28 grey PNG (a Fashion-MNIST-sized image); the content does not change the cost."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (28, 28), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "L").save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+class Client:
+    """One keep-alive connection per thread; a failed one is replaced on the next request."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.local = threading.local()
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None) -> tuple[str, float]:  # fmt: skip
+        """(status, or the error's name; seconds) of one request."""
+        started = time.perf_counter()
+        connection = getattr(self.local, "connection", None)
+        if connection is None:
+            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=TIMEOUT)
+            self.local.connection = connection
+        try:
+            connection.request(method, path, body=body, headers=headers or {})
+            response = connection.getresponse()
+            response.read()
+            if response.getheader("connection", "").lower() == "close":
+                connection.close()
+                self.local.connection = None
+            return str(response.status), time.perf_counter() - started
+        except (OSError, http.client.HTTPException) as error:
+            connection.close()
+            self.local.connection = None
+            return type(error).__name__, time.perf_counter() - started
+
+    def predict(self, image: bytes) -> tuple[str, float]:
+        return self.request("POST", "/predict", image, {"Content-Type": "image/png"})
+
+
+def rss_mib(pid: int) -> float:
+    """The process's resident memory now, from /proc (Linux); nan elsewhere."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return float("nan")
+    found = re.search(r"VmRSS:\s+(\d+) kB", text)
+    return int(found.group(1)) / 1024 if found else float("nan")
+
+
+@contextmanager
+def watching(phase: Phase, client: Client, pid: int, every: float = 0.1) -> Iterator[None]:
+    """Time GET /health and sample the server's RSS every `every` s while the block runs."""
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(every):
+            status, seconds = client.request("GET", "/health")
+            phase.health_ms.append(seconds * 1000 if status == "200" else float("inf"))
+            phase.rss_mib.append(rss_mib(pid))
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(TIMEOUT)
+
+
+def closed_loop(name: str, port: int, pid: int, images: list[bytes], requests: int,
+                concurrency: int, seconds: float) -> Phase:  # fmt: skip
+    """`concurrency` clients, each sending its next request when the last is answered, until
+    `requests` were sent or `seconds` passed."""
+    phase = Phase(name)
+    client, watcher = Client(port), Client(port)
+    for image in images[:concurrency]:  # warm-up: connections, first batches
+        client.predict(image)
+    sent = iter(range(requests))
+    lock = threading.Lock()
+    deadline = time.perf_counter() + seconds
+
+    def loop() -> None:
+        while time.perf_counter() < deadline:
+            with lock:
+                number = next(sent, None)
+            if number is None:
+                return
+            status, took = client.predict(images[number % len(images)])
+            with lock:
+                phase.statuses[status] += 1
+                if status == "200":
+                    phase.latencies.append(took)
+
+    started = time.perf_counter()
+    with watching(phase, watcher, pid), ThreadPoolExecutor(concurrency) as pool:
+        for _ in range(concurrency):
+            pool.submit(loop)
+    phase.seconds = time.perf_counter() - started
+    return phase
+
+
+def open_loop(name: str, port: int, pid: int, images: list[bytes], rate: float, seconds: float,
+              workers: int) -> Phase:  # fmt: skip
+    """Requests sent at `rate` per second for `seconds`, each by the next free one of `workers`
+    threads, whether or not earlier ones were answered."""
+    phase = Phase(name)
+    client, watcher = Client(port), Client(port)
+    lock = threading.Lock()
+    total = int(rate * seconds)
+
+    def one(number: int) -> None:
+        status, took = client.predict(images[number % len(images)])
+        with lock:
+            phase.statuses[status] += 1
+            if status == "200":
+                phase.latencies.append(took)
+
+    started = time.perf_counter()
+    with watching(phase, watcher, pid), ThreadPoolExecutor(workers) as pool:
+        for number in range(total):
+            delay = started + number / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            pool.submit(one, number)
+        sending = time.perf_counter() - started
+    phase.seconds = time.perf_counter() - started
+    phase.offered_per_s = total / sending
+    return phase
+
+
+def table(phases: list[Phase]) -> str:
+    rows = [
+        "| phase | requests | answered | 503 | failed | req/s | images/s | p50 ms | p95 ms "
+        "| p99 ms | /health max ms | server RSS max MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for p in phases:
+        sent = sum(p.statuses.values())
+        failed = sent - p.answered - p.statuses["503"]
+        rate = p.answered / p.seconds
+        rows.append(
+            f"| {p.name} | {sent} | {p.answered} | {p.statuses['503']} | {failed} | {rate:.0f} "
+            f"| {rate * p.images_per_request:.0f} | {p.percentile(50):.1f} "
+            f"| {p.percentile(95):.1f} | {p.percentile(99):.1f} "
+            f"| {max(p.health_ms, default=float('nan')):.0f} "
+            f"| {max(p.rss_mib, default=float('nan')):.0f} |"
+        )
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", help="run folder, checkpoint or safetensors file to serve")
+    parser.add_argument("--requests", type=int, default=3000, help="per closed phase (3000)")
+    parser.add_argument("--concurrency", type=int, default=64, help="clients at once (64)")
+    parser.add_argument("--seconds", type=float, default=20, help="most seconds a phase runs (20)")
+    parser.add_argument("--overload-seconds", type=float, default=8, help="overload phase (8)")
+    parser.add_argument("--queue-limit", type=int, default=64, help="in the overload phase (64)")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures here")
+    args = parser.parse_args()
+    images = [png(seed) for seed in range(64)]
+
+    phases = []
+    for name, batch in (("no batching (max-batch 1)", "1"), ("batching (max-batch 32)", "32")):
+        with server(args.run, "--max-batch", batch) as (port, pid):
+            phase = closed_loop(name, port, pid, images, args.requests, args.concurrency,
+                                args.seconds)  # fmt: skip
+        phases.append(phase)
+        print(f"{name}: {phase.answered / phase.seconds:.0f} requests/s", file=sys.stderr)
+    capacity = max(p.answered / p.seconds for p in phases)
+    flags = ("--max-batch", "32", "--queue-limit", str(args.queue_limit), "--max-images", "1")
+    with server(args.run, *flags) as (port, pid):
+        idle = rss_mib(pid)
+        overload = open_loop(f"4x overload (queue limit {args.queue_limit})", port, pid, images,
+                             4 * capacity, args.overload_seconds, workers=256)  # fmt: skip
+        after = Client(port).request("GET", "/health")[0]
+    phases.append(overload)
+    health_ok = sum(ms != float("inf") for ms in overload.health_ms)
+
+    machine = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        found = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
+        machine = found.group(1).strip() if found else machine
+    print(f"\n{machine}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
+          f"Python {platform.python_version()}, {date.today()}")  # fmt: skip
+    print(f"python {' '.join(sys.argv)}\n")
+    print(table(phases))
+    answered = overload.answered / overload.seconds
+    print(f"\noverload: offered {overload.offered_per_s:.0f} requests/s (4x {capacity:.0f}, "
+          f"{overload.offered_per_s / answered:.1f}x the {answered:.0f} it answered then); "
+          f"statuses {dict(overload.statuses)}; /health answered {health_ok} of "
+          f"{len(overload.health_ms)} probes, slowest {max(overload.health_ms):.0f} ms, "
+          f"and {after} after; server RSS {idle:.0f} MiB before, "
+          f"{max(overload.rss_mib):.0f} MiB at most")  # fmt: skip
+    if args.json:
+        figures = [{"phase": p.name, "statuses": dict(p.statuses), "seconds": p.seconds,
+                    "p50_ms": p.percentile(50), "p95_ms": p.percentile(95),
+                    "p99_ms": p.percentile(99), "health_max_ms": max(p.health_ms, default=None),
+                    "rss_max_mib": max(p.rss_mib, default=None)} for p in phases]  # fmt: skip
+        Path(args.json).write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
