@@ -172,7 +172,7 @@ def _bench(args: argparse.Namespace) -> int:
     if args.dry_run:
         config = bench_config(args.model, **options)
         return _dry_run(config, "resnets bench", {"steps": args.steps, "warmup": args.warmup})
-    result = benchmark(args.model, **options)
+    result = benchmark(args.model, onnx=args.onnx, **options)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -183,8 +183,17 @@ def _bench(args: argparse.Namespace) -> int:
         f"{' (streamed from disk)' if result['streamed'] else ''}, "
         f"{result['steps']} timed steps"
     )
-    print(f"train  {result['train_images_per_sec']:10.1f} images/s")
-    print(f"eval   {result['eval_images_per_sec']:10.1f} images/s")
+    precision = result["precision"]
+    onnx = result["eval_onnx_images_per_sec"]
+    rows = [
+        ("train", result["train_images_per_sec"], precision),
+        ("eval", result["eval_images_per_sec"], f"{precision}, BatchNorm as trained"),
+        ("eval folded", result["eval_folded_images_per_sec"], f"{precision}, BatchNorm folded"),
+        ("eval onnx", onnx, result["onnx"]),
+    ]
+    for name, rate, how in rows:
+        shown = "         -" if rate is None else f"{rate:10.1f}"
+        print(f"{name:<12} {shown} images/s  ({how})")
     print(f"peak memory {result['peak_memory_bytes'] / 2**20:.0f} MiB")
     print(
         f"{format_count(result['macs_per_image'])} MACs per image forward, about "
@@ -410,6 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--data-dir", help="where the data set is")
     bench.add_argument("--memory-budget", metavar="SIZE",
                        help="stream images from disk beyond this, e.g. 6GiB or 50%%")  # fmt: skip
+    bench.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=None,
+                       help="also time the exported ONNX model in onnxruntime on the CPU "
+                            "(default: when onnxruntime is installed)")  # fmt: skip
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
     bench.set_defaults(handler=_bench)

@@ -84,13 +84,21 @@ def export_network(
     side is `image_size` (default: the trained one). Raises a one-line ResnetsError when an
     extra is missing, the output is not ours, or the export disagrees with PyTorch.
     """
-    if format not in FORMATS:
-        raise UsageError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
-    require_extra(format)
+    _check_format(format)
     source = Path(source)
     target = Path(output) if output is not None else default_output(source, format)
     _check_target(target, format, force)
-    network = load_network(source)
+    return export_trained(load_network(source), format, target, image_size=image_size)
+
+
+def export_trained(
+    network: TrainedNetwork, format: str, target: str | Path, *, image_size: int | None = None
+) -> ExportResult:
+    """Export a network held in memory (e.g. one `resnets bench` just built) to `target`,
+    checked against PyTorch and renamed into place as `export_network` does, which calls it
+    after reading its source. Unlike `export_network` it replaces whatever `target` is."""
+    _check_format(format)
+    target = Path(target)
     size = image_size if image_size is not None else network.image_size
     model = network.build()
     example = _inputs(network, size, 2)
@@ -118,6 +126,12 @@ def export_network(
     return ExportResult(
         target, format, target.stat().st_size, network.spec.channels, size, diff, check_sentence
     )
+
+
+def _check_format(format: str) -> None:
+    if format not in FORMATS:
+        raise UsageError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    require_extra(format)
 
 
 def require_extra(format: str) -> None:
