@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import time
 import typing
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -31,6 +32,7 @@ from resnets.training.checkpoint import model_from_checkpoint
 from resnets.training.config import PRECISIONS
 from resnets.training.evaluate import eval_config
 from resnets.training.factory import resume_config
+from resnets.training.loop import seconds_since_process_start
 from resnets.training.memory import format_bytes
 from resnets.training.runtime import Runtime, resolve_device
 
@@ -85,6 +87,8 @@ def _dry_run(config: TrainConfig, what: str, extra: dict[str, Any] | None = None
 
 
 def _train(args: argparse.Namespace) -> int:
+    # metrics.csv's `elapsed` counts this process's start-up (Python, torch) too
+    started = time.monotonic() - seconds_since_process_start()
     settings = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)}
     if args.resume:
         if args.recipe or args.config:
@@ -94,11 +98,12 @@ def _train(args: argparse.Namespace) -> int:
         if args.dry_run:
             path, _, config = resume_config(args.resume, settings)
             return _dry_run(config, f"resnets train --resume {path}")
-        trainer = resume_trainer(args.resume, settings, quiet=args.quiet)
+        trainer = resume_trainer(args.resume, settings, quiet=args.quiet, started=started)
     elif args.dry_run:
         return _dry_run(make_config(args.recipe, args.config, settings), "resnets train")
     else:
-        trainer = build_trainer(make_config(args.recipe, args.config, settings), quiet=args.quiet)
+        config = make_config(args.recipe, args.config, settings)
+        trainer = build_trainer(config, quiet=args.quiet, started=started)
     trainer.fit()
     distributed.shutdown()  # under torchrun; a process that fails exits without it
     return 0
