@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -79,3 +80,30 @@ def test_time_to_accuracy_refuses_a_folder_without_metrics(tmp_path: Path) -> No
         "stopped before its first epoch)"
     ]
     assert not out.exists()
+
+
+def test_sweep_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = {kind: tmp_path / f"sweep.{ext}" for kind, ext in
+           (("csv", "csv"), ("json", "json"), ("plot", "png"))}  # fmt: skip
+    sweep = script("sweep")
+    assert sweep.main(["--quick", *(f"--{k}={v}" for k, v in out.items())]) == 0
+    rows = json.loads(out["json"].read_text())["rows"]
+    assert [r["implementation"] for r in rows] == ["reference", "resnets"]
+    with open(out["csv"], newline="") as file:
+        assert list(csv.DictReader(file))[1]["model"] == "cifar_resnet20"
+    for row in rows:
+        assert set(row) == set(sweep.COLUMNS)
+        assert row["model"] == "cifar_resnet20" and row["image_size"] == 32
+        assert 0.07 < row["gflop_per_image"] < 0.09  # 41 M multiply-adds, He et al. 2015
+        for key in ("train_images_per_sec", "eval_images_per_sec", "train_gflops_per_sec",
+                    "eval_gflops_per_sec", "peak_memory_bytes"):  # fmt: skip
+            assert row[key] > 0, (row["implementation"], key)
+    assert rows[0]["precision"] == "fp32" and rows[0]["eval_folded_images_per_sec"] is None
+    assert rows[1]["eval_folded_images_per_sec"] > 0
+    assert out["plot"].read_bytes()[:4] == b"\x89PNG"
+    assert "| cifar_resnet20 | 32 |" in capsys.readouterr().out
+
+
+def test_sweep_refuses_an_unknown_configuration(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="unknown --only resnet50@32; choose from"):
+        script("sweep").main(["--only", "resnet50@32", "--plot", str(tmp_path / "x.png")])
