@@ -6,7 +6,7 @@ checkpoints included) to the end of that evaluation. Files written before that c
 only each epoch's own `seconds`; their curve uses the sum of those and its label says so.
 
     python benchmarks/time_to_accuracy.py fast=runs/fast-s0 quick=runs/quick-s0 \\
-        chapter=runs/d2l --target 0.93 --target 0.94 --budget 150 --budget 300
+        d2l=runs/d2l --target 0.93 --target 0.94 --budget 150 --budget 300
 
 Writes docs/time-to-accuracy.png (or --out) and prints, per run, its final accuracy, its wall
 time and when it first reached each target.
