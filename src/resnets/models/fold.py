@@ -73,6 +73,13 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     The copy is in eval mode with gradients off: folding uses the running statistics, so
     training the copy would not train a BatchNorm network. `model` itself is not changed, and
     resnets' Conv2d stays a Conv2d (with its CPU tiny-map path).
+
+    In float32 the logits agree to rounding (tests/test_fold.py). Under bf16 autocast the
+    folded convolution rounds its BatchNorm-scaled weights to bf16 where the unfolded network
+    rounds the convolution's output, so the two differ by bf16 rounding (about 1e-2 of the
+    logits); measured against float64 the folded network is no less accurate. An accuracy
+    evaluated in bf16 can therefore differ from the one recorded during training (which
+    evaluates the unfolded network) by a few images whose top two logits nearly tie.
     """
     folded = copy.deepcopy(model).eval()
     for conv_name, norm_name in foldable_pairs(folded):

@@ -148,7 +148,8 @@ def evaluate_checkpoint(
 
     Builds only what evaluation needs: the model from the checkpoint's name and keyword
     arguments, with each BatchNorm folded into the convolution before it (`fold_batchnorm`:
-    the same results up to rounding, in less time), and the test batches. `overrides` may set
+    the same results up to rounding, in less time; in bf16 the accuracy can differ from the
+    one training recorded by a few near-tie images), and the test batches. `overrides` may set
     device, data_dir, test_samples, eval_batch_size, tta and verify. Writes `confusion.png`
     and `predictions.png` (test images with their predictions, mistakes first) into the run
     folder. Returns the metrics of `evaluate` as test_loss/test_acc, `per_class` by class
