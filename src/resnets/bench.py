@@ -124,7 +124,8 @@ def benchmark(
 
     `settings` as for `bench_config`. Peak memory is the device's peak allocation on a GPU and
     the process's peak resident memory on the CPU (so run one benchmark per process to compare
-    them); it is taken after training and the PyTorch evaluations, before the ONNX export.
+    them); it is taken after training and evaluation of the network as trained, before the
+    folded copy and the ONNX export are made.
     """
     config = bench_config(model, steps=steps, warmup=warmup, **settings)
     image_size, batch_size, compile = config.image_size, config.batch_size, config.compile
@@ -164,12 +165,12 @@ def benchmark(
     network.train()
     train_seconds = timed(batches.train.epoch(0), lambda b: train_step(parts, *b))
     eval_seconds = timed(batches.test.epoch(0), evaluation(step_model))
+    peak = peak_memory_bytes(dev)  # of training and evaluation as before, without the copy below
     folded = fold_batchnorm(network)
     folded_model: nn.Module = (
         torch.compile(folded) if compile else folded  # type: ignore[assignment]
     )
     folded_seconds = timed(batches.test.epoch(0), evaluation(folded_model))
-    peak = peak_memory_bytes(dev)
     macs = count_macs(network, (data.spec.channels, image_size, image_size))
     train_rate = steps * batch_size / train_seconds
     onnx_note = onnx_status(dev, onnx)
