@@ -6,6 +6,11 @@ install beside the CPU wheel here); the model runs in float32, NCHW, with plain 
 JSON object with the same keys as `resnets bench --json`.
 
     python benchmarks/reference.py --steps 20
+    python benchmarks/reference.py --model cifar_resnet20 --dataset cifar10 --image-size 32
+
+Any model of the registry and data set can be run this way (benchmarks/sweep.py does); the
+data set is the one `resnets bench` would use (random images of its shape when it is not on
+disk).
 """
 
 from __future__ import annotations
@@ -28,20 +33,24 @@ from resnets.models.conv import plain_convs
 from resnets.training import make_config
 
 
-class PILFashionMNIST(TorchDataset):
+class PILImages(TorchDataset):
     """One image at a time: uint8 array, PIL image, bilinear resize, float tensor in [0, 1]."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, size: int) -> None:
-        self.images, self.labels, self.size = images.numpy(), labels.numpy(), size
+        # (N, C, H, W) -> (N, H, W, C): the layout PIL takes
+        self.images = images.permute(0, 2, 3, 1).numpy()
+        self.labels, self.size = labels.numpy(), size
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = Image.fromarray(self.images[index], mode="L")
+        array = self.images[index]
+        image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
         image = image.resize((self.size, self.size), Image.BILINEAR)
         pixels = np.asarray(image, dtype=np.float32) / 255.0
-        return torch.from_numpy(pixels).unsqueeze(0), int(self.labels[index])
+        pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+        return torch.from_numpy(np.ascontiguousarray(pixels)), int(self.labels[index])
 
 
 def timed(batches, run_one, warmup: int, steps: int) -> float:  # noqa: ANN001
@@ -56,6 +65,8 @@ def timed(batches, run_one, warmup: int, steps: int) -> float:  # noqa: ANN001
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="d2l_resnet18")
+    parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=20)
@@ -65,14 +76,16 @@ def main() -> None:
     args = parser.parse_args()
 
     images = args.batch_size * (args.warmup + args.steps)
-    data, source = bench_data(make_config(overrides={"data_dir": args.data_dir}), images)
+    config = make_config(overrides={"data_dir": args.data_dir, "dataset": args.dataset})
+    data, source = bench_data(config, images)
     torch.manual_seed(0)
-    model = create_model("d2l_resnet18")
+    spec = data.spec
+    model = create_model(args.model, in_channels=spec.channels, num_classes=spec.num_classes)
     plain_convs(model)  # the chapter's plain nn.Conv2d, without our small-map path
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
 
     def loader(images: torch.Tensor, labels: torch.Tensor, shuffle: bool) -> DataLoader:
-        dataset = PILFashionMNIST(images, labels, args.image_size)
+        dataset = PILImages(images, labels, args.image_size)
         return DataLoader(dataset, args.batch_size, shuffle=shuffle, num_workers=args.workers)
 
     def train_step(x: torch.Tensor, y: torch.Tensor) -> None:
@@ -87,17 +100,18 @@ def main() -> None:
         (model(x).argmax(1) == y).sum().item()
 
     model.train()
-    train = loader(data.train.images.squeeze(1), data.train.labels, True)
+    train = loader(data.train.images, data.train.labels, True)
     train_seconds = timed(train, train_step, args.warmup, args.steps)
     model.eval()
-    test = loader(data.test.images.squeeze(1), data.test.labels, False)
+    test = loader(data.test.images, data.test.labels, False)
     eval_seconds = timed(test, eval_step, args.warmup, args.steps)
     timed_images = args.steps * args.batch_size
     print(
         json.dumps(
             {
                 "implementation": "reference",
-                "model": "d2l_resnet18",
+                "model": args.model,
+                "dataset": args.dataset,
                 "image_size": args.image_size,
                 "batch_size": args.batch_size,
                 "precision": "fp32",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -23,17 +24,32 @@ def test_bench_json(capsys: pytest.CaptureFixture[str]) -> None:
     result = json.loads(capsys.readouterr().out)
     expected = {"train_images_per_sec", "eval_images_per_sec", "peak_memory_bytes",
                 "macs_per_image", "train_gflops_per_sec", "precision", "channels_last",
-                "data"}  # fmt: skip
+                "data", "eval_folded_images_per_sec", "eval_onnx_images_per_sec",
+                "onnx"}  # fmt: skip
     assert expected <= set(result)
-    for key in ("train_images_per_sec", "eval_images_per_sec", "peak_memory_bytes"):
+    for key in ("train_images_per_sec", "eval_images_per_sec", "peak_memory_bytes",
+                "eval_folded_images_per_sec"):  # fmt: skip
         assert result[key] > 0, key
     assert result["device"] == "cpu" and result["steps"] == 2
+    if importlib.util.find_spec("onnxruntime"):  # the export extra is installed: ONNX is timed
+        assert result["eval_onnx_images_per_sec"] > 0
+        assert result["onnx"].startswith("onnxruntime ")
+    else:
+        assert result["eval_onnx_images_per_sec"] is None and "not installed" in result["onnx"]
+
+
+def test_bench_without_onnx(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*TINY_BENCH, "--steps", "1", "--warmup", "0", "--no-onnx", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["eval_onnx_images_per_sec"] is None and result["onnx"] == "not asked for"
+    assert result["eval_folded_images_per_sec"] > 0
 
 
 def test_bench_text(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main([*TINY_BENCH, "--steps", "1", "--precision", "fp32"]) == 0
+    assert main([*TINY_BENCH, "--steps", "1", "--precision", "fp32", "--no-onnx"]) == 0
     out = capsys.readouterr().out
     assert "fp32 NCHW" in out and "images/s" in out and "GFLOP/s achieved" in out
+    assert "BatchNorm as trained" in out and "BatchNorm folded" in out and "eval onnx" in out
 
 
 def test_side_by_side_script(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from resnets.training import (
     save_checkpoint,
 )
 from resnets.training import checkpoint as checkpoint_module
+from resnets.training.loop import elapsed_so_far, seconds_since_process_start
 from resnets.training.recorder import METRICS
 from resnets.training.step import ExchangeOutOfMemory, train_step
 
@@ -62,6 +63,11 @@ def test_training_learns_and_writes_the_run_folder(tmp_path: Path) -> None:
     for row in rows:  # an epoch's seconds cover its training and its evaluation
         train_seconds = len(DATA.train) / float(row["images_per_sec"])
         assert float(row["seconds"]) > train_seconds
+    # elapsed: from the trainer's start, so at least the epochs' own seconds so far
+    elapsed = [float(r["elapsed"]) for r in rows]
+    assert elapsed == sorted(elapsed) and len(set(elapsed)) == 3
+    for n in range(len(rows)):
+        assert elapsed[n] >= sum(float(r["seconds"]) for r in rows[: n + 1])
     saved = json.loads((folder / "summary.json").read_text())
     assert saved["epochs"] == 3 and saved["device"] == "cpu" and saved["peak_memory_bytes"] > 0
     assert saved["best_test_acc"] == max(float(r["test_acc"]) for r in rows)
@@ -78,6 +84,18 @@ def test_resume_is_bitwise_identical(tmp_path: Path) -> None:
     assert_same_weights(straight.model.state_dict(), resumed.model.state_dict())
     assert straight.history[-1]["train_loss"] == resumed.history[-1]["train_loss"]
     assert len(resumed.history) == 2
+    # the resumed process adds its time to the first one's
+    before = first.history[0]["elapsed"]
+    assert resumed.history[0]["elapsed"] == before
+    assert resumed.history[1]["elapsed"] >= before + resumed.history[1]["seconds"]
+
+
+def test_elapsed_of_histories_before_the_column() -> None:
+    old = [{"epoch": 1, "seconds": 2.5}, {"epoch": 2, "seconds": 3.0}]
+    assert elapsed_so_far(old) == 5.5  # the epochs' own time: all that is known
+    assert elapsed_so_far([*old, {"epoch": 3, "seconds": 1.0, "elapsed": 9.0}]) == 9.0
+    assert elapsed_so_far([]) == 0.0
+    assert 0 < seconds_since_process_start() < 24 * 3600 or not Path("/proc/self/stat").exists()
 
 
 def test_ctrl_c_saves_a_checkpoint_and_resumes_mid_epoch(tmp_path: Path) -> None:

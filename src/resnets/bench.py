@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
+import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from resnets.data import DataNotFoundError, Dataset, load_dataset
 from resnets.data.datasets import get_entry
 from resnets.errors import DataError, UsageError
+from resnets.models.fold import fold_batchnorm
 from resnets.summary import count_macs
 from resnets.training import distributed
 from resnets.training.config import TrainConfig, make_config
@@ -25,11 +29,13 @@ from resnets.training.factory import (
     device_of,
     fit_to_data,
     join_processes,
+    model_kwargs,
 )
 from resnets.training.loop import build_optimizer
 from resnets.training.memory import MemoryFallback
 from resnets.training.runtime import Runtime, peak_memory_bytes, reset_peak_memory
 from resnets.training.step import StepParts, train_step
+from resnets.weights import TrainedNetwork
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -87,15 +93,43 @@ def bench_config(
     return config
 
 
+def onnx_status(device: torch.device, wanted: bool | None) -> str | None:
+    """None when the exported ONNX model is to be timed; otherwise why not, in a few words.
+
+    `wanted` None: when onnxruntime is installed. It is timed on the CPU only (its CPU
+    provider, so it is compared with PyTorch on the same cores)."""
+    if wanted is False:
+        return "not asked for"
+    missing = [m for m in ("onnx", "onnxruntime", "onnxscript") if not importlib.util.find_spec(m)]
+    if missing:
+        return f"{' and '.join(missing)} not installed (pip install 'resnets[export]')"
+    if device.type != "cpu":
+        return f"timed on the CPU only, and this benchmark ran on {device}"
+    return None
+
+
 def benchmark(
-    model: str = "d2l_resnet18", *, steps: int = 20, warmup: int = 3, **settings: Any
+    model: str = "d2l_resnet18",
+    *,
+    steps: int = 20,
+    warmup: int = 3,
+    onnx: bool | None = None,
+    **settings: Any,
 ) -> dict[str, Any]:
     """Training images/s (batch building, forward, backward, optimizer step) and evaluation
     images/s, each timed over `steps` batches after `warmup` untimed ones, and peak memory.
 
+    Evaluation is timed three ways on the same batches: the network as trained
+    (`eval_images_per_sec`), with BatchNorm folded into the convolutions as `resnets eval` and
+    prediction run it (`eval_folded_images_per_sec`), and, with `onnx` (default: when
+    onnxruntime is installed and the device is the CPU), the network exported to ONNX by
+    resnets.export and run by onnxruntime in float32 (`eval_onnx_images_per_sec`; None when
+    not timed, `onnx` then says why).
+
     `settings` as for `bench_config`. Peak memory is the device's peak allocation on a GPU and
     the process's peak resident memory on the CPU (so run one benchmark per process to compare
-    them).
+    them); it is taken after training and evaluation of the network as trained, before the
+    folded copy and the ONNX export are made.
 
     Under torchrun, every process takes its share of each batch of `batch_size` (as in
     training), the rates are of all processes together, and the peak is the largest process's.
@@ -137,20 +171,39 @@ def benchmark(
         distributed.barrier()
         return time.perf_counter() - start
 
+    def evaluation(eval_model: nn.Module) -> Callable[[Batch], object]:
+        return lambda b: evaluate(
+            eval_model, [b], device=dev, precision=runtime.precision,
+            num_classes=data.spec.num_classes, sharded=place.world > 1,
+        )  # fmt: skip
+
     reset_peak_memory(dev)
     network.train()
     train_seconds = timed(
         batches.train.epoch(0), lambda b: train_step(parts, *b, total=batch_size)
     )
-    eval_seconds = timed(
-        batches.test.epoch(0),
-        lambda b: evaluate(eval_model, [b], device=dev, precision=runtime.precision,
-                           num_classes=data.spec.num_classes, sharded=place.world > 1),
-    )  # fmt: skip
-    # the largest process's peak (each process holds its own share and a copy of the model)
+    eval_seconds = timed(batches.test.epoch(0), evaluation(eval_model))
+    # of training and evaluation as before, without the copy below; under torchrun the largest
+    # process's (each holds its own share and a copy of the model)
     peak = distributed.all_reduce_max([peak_memory_bytes(dev)])[0]
+    folded = fold_batchnorm(network)
+    folded_model: nn.Module = (
+        torch.compile(folded) if compile else folded  # type: ignore[assignment]
+    )
+    folded_seconds = timed(batches.test.epoch(0), evaluation(folded_model))
     macs = count_macs(network, (data.spec.channels, image_size, image_size))
     train_rate = steps * batch_size / train_seconds
+    onnx_note = onnx_status(dev, onnx)
+    onnx_rate = None
+    if onnx_note is None:
+        trained = TrainedNetwork(
+            model_name=config.model, model_kwargs=model_kwargs(config, data.spec),
+            spec=data.spec, image_size=image_size,
+            state_dict={k: v.detach().cpu() for k, v in network.state_dict().items()},
+            source=Path("<resnets bench>"),
+        )  # fmt: skip
+        onnx_seconds, onnx_note = _time_onnx(trained, lambda: batches.test.epoch(0), timed)
+        onnx_rate = steps * batch_size / onnx_seconds
     return {
         "model": model,
         "image_size": image_size,
@@ -165,8 +218,38 @@ def benchmark(
         "processes": place.world,
         "train_images_per_sec": train_rate,
         "eval_images_per_sec": steps * batch_size / eval_seconds,
+        "eval_folded_images_per_sec": steps * batch_size / folded_seconds,
+        "eval_onnx_images_per_sec": onnx_rate,
+        "onnx": onnx_note,
         "peak_memory_bytes": peak,
         "macs_per_image": macs,
         # Training costs about 3 forward passes (forward, and backward for inputs and weights).
         "train_gflops_per_sec": train_rate * 3 * 2 * macs / 1e9,
     }
+
+
+def _time_onnx(
+    network: TrainedNetwork,
+    batches: Callable[[], Iterable[Batch]],
+    timed: Callable[[Iterator[Batch], Callable[[Batch], object]], float],
+) -> tuple[float, str]:
+    """Seconds onnxruntime takes over the timed batches of `batches()`, with the model that
+    resnets.export writes (into a temporary folder), and which runtime that was."""
+    import onnxruntime  # noqa: PLC0415 (an optional extra)
+
+    from resnets.export import export_trained  # noqa: PLC0415 (imports the exporters)
+
+    with tempfile.TemporaryDirectory(prefix="resnets-bench-") as folder:
+        exported = export_trained(network, "onnx", Path(folder) / "model.onnx")
+        session = onnxruntime.InferenceSession(
+            str(exported.path), providers=["CPUExecutionProvider"]
+        )
+    name = session.get_inputs()[0].name
+
+    def run_one(batch: Batch) -> object:
+        x, y = batch
+        logits = session.run(None, {name: x.float().contiguous().numpy()})[0]
+        return int((torch.from_numpy(logits).argmax(1) == y).sum())
+
+    seconds = timed(iter(batches()), run_one)
+    return seconds, f"onnxruntime {onnxruntime.__version__}, CPUExecutionProvider, fp32"

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import re
 import sys
+import time
 import typing
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -32,6 +33,7 @@ from resnets.training.checkpoint import model_from_checkpoint
 from resnets.training.config import PRECISIONS
 from resnets.training.evaluate import eval_config
 from resnets.training.factory import resume_config
+from resnets.training.loop import seconds_since_process_start
 from resnets.training.memory import format_bytes, parse_memory_budget
 from resnets.training.runtime import Runtime, resolve_device
 
@@ -86,6 +88,8 @@ def _dry_run(config: TrainConfig, what: str, extra: dict[str, Any] | None = None
 
 
 def _train(args: argparse.Namespace) -> int:
+    # metrics.csv's `elapsed` counts this process's start-up (Python, torch) too
+    started = time.monotonic() - seconds_since_process_start()
     settings = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)}
     if args.resume:
         if args.recipe or args.config:
@@ -95,11 +99,12 @@ def _train(args: argparse.Namespace) -> int:
         if args.dry_run:
             path, _, config = resume_config(args.resume, settings)
             return _dry_run(config, f"resnets train --resume {path}")
-        trainer = resume_trainer(args.resume, settings, quiet=args.quiet)
+        trainer = resume_trainer(args.resume, settings, quiet=args.quiet, started=started)
     elif args.dry_run:
         return _dry_run(make_config(args.recipe, args.config, settings), "resnets train")
     else:
-        trainer = start_trainer(make_config(args.recipe, args.config, settings), quiet=args.quiet)
+        config = make_config(args.recipe, args.config, settings)
+        trainer = start_trainer(config, quiet=args.quiet, started=started)
     trainer.fit()
     distributed.shutdown()  # under torchrun; a process that fails exits without it
     return 0
@@ -185,7 +190,7 @@ def _bench(args: argparse.Namespace) -> int:
     if args.dry_run:
         config = bench_config(args.model, **options)
         return _dry_run(config, "resnets bench", {"steps": args.steps, "warmup": args.warmup})
-    result = benchmark(args.model, **options)
+    result = benchmark(args.model, onnx=args.onnx, **options)
     distributed.shutdown()
     if not distributed.Dist.from_env().is_main:
         return 0  # under torchrun, the first process reports for all
@@ -200,8 +205,17 @@ def _bench(args: argparse.Namespace) -> int:
         f"{result['steps']} timed steps"
         f"{', ' + str(result['processes']) + ' processes' if result['processes'] > 1 else ''}"
     )
-    print(f"train  {result['train_images_per_sec']:10.1f} images/s")
-    print(f"eval   {result['eval_images_per_sec']:10.1f} images/s")
+    precision = result["precision"]
+    onnx = result["eval_onnx_images_per_sec"]
+    rows = [
+        ("train", result["train_images_per_sec"], precision),
+        ("eval", result["eval_images_per_sec"], f"{precision}, BatchNorm as trained"),
+        ("eval folded", result["eval_folded_images_per_sec"], f"{precision}, BatchNorm folded"),
+        ("eval onnx", onnx, result["onnx"]),
+    ]
+    for name, rate, how in rows:
+        shown = "         -" if rate is None else f"{rate:10.1f}"
+        print(f"{name:<12} {shown} images/s  ({how})")
     print(f"peak memory {result['peak_memory_bytes'] / 2**20:.0f} MiB")
     print(
         f"{format_count(result['macs_per_image'])} MACs per image forward, about "
@@ -489,6 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--data-dir", help="where the data set is")
     bench.add_argument("--memory-budget", metavar="SIZE",
                        help="stream images from disk beyond this, e.g. 6GiB or 50%%")  # fmt: skip
+    bench.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=None,
+                       help="also time the exported ONNX model in onnxruntime on the CPU "
+                            "(default: when onnxruntime is installed)")  # fmt: skip
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
     bench.set_defaults(handler=_bench)

@@ -7,6 +7,7 @@ only the builders they need (`load_data`, `build_model`, `build_batches`).
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -196,9 +197,12 @@ def build_trainer(
     quiet: bool = False,
     on_step: Callable[[Trainer, int], None] | None = None,
     fresh: bool = True,
+    started: float | None = None,
 ) -> Trainer:
     """A Trainer with every part built from `config` (or `data` given in memory); `fresh`
-    (a new run, not a resumed one) checks the run folder first."""
+    (a new run, not a resumed one) checks the run folder first. `started` (a time.monotonic()
+    value) is when the run began, for the `elapsed` column of metrics.csv; default: now."""
+    started = time.monotonic() if started is None else started
     config = config.validate()
     place = join_processes(config)
     quiet = quiet or not place.is_main  # one process speaks for a data-parallel run
@@ -223,7 +227,7 @@ def build_trainer(
         config, runtime=runtime, model=model, model_kwargs=model_kwargs(config, data.spec),
         spec=data.spec, batches=build_batches(config, data, runtime, quiet, place),
         folder=folder,
-        log=log, quiet=quiet, on_step=on_step,
+        log=log, quiet=quiet, on_step=on_step, started=started,
     )  # fmt: skip
 
 

@@ -8,6 +8,7 @@ The Trainer is handed its parts (model, batches, run folder, runtime) by
 from __future__ import annotations
 
 import itertools
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -141,6 +142,27 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     return torch.optim.SGD(groups, lr=config.lr, momentum=momentum, nesterov=nesterov)
 
 
+def seconds_since_process_start() -> float:
+    """Wall seconds since this process started, from Linux's /proc; 0 where it cannot be read
+    (the run's clock then starts when its trainer is built)."""
+    try:
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        fields = Path("/proc/self/stat").read_text().rpartition(")")[2].split()
+        return max(0.0, uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))  # starttime
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def elapsed_so_far(history: list[dict[str, Any]]) -> float:
+    """Wall seconds the earlier processes of a resumed run spent up to its last recorded epoch:
+    its `elapsed`, or for a history written before that column, the sum of epoch `seconds`.
+    Time spent in an epoch that was interrupted before it ended is not known, so not counted."""
+    if not history:
+        return 0.0
+    last = history[-1].get("elapsed")
+    return float(last) if last is not None else float(sum(r["seconds"] for r in history))
+
+
 class Trainer:
     """Trains `model` on `batches.train`, evaluating on `batches.val`/`batches.test`.
 
@@ -162,8 +184,12 @@ class Trainer:
         log: Callable[[str], None] = print,
         quiet: bool = False,
         on_step: Callable[[Trainer, int], None] | None = None,
+        started: float | None = None,
     ) -> None:
         self.config, self.runtime, self.spec = config, runtime, spec
+        # time.monotonic() when this process began the run (default: now); `elapsed` counts from it
+        self.started = time.monotonic() if started is None else started
+        self._elapsed_before = 0.0  # by earlier processes of a resumed run (set by fit)
         self.device, self.precision = runtime.device, runtime.precision
         self.channels_last = runtime.channels_last
         self.model, self.model_kwargs = model, model_kwargs
@@ -381,6 +407,7 @@ class Trainer:
             images_per_sec=pos.seen / pos.train_seconds if pos.train_seconds else 0.0,
             seconds=time.perf_counter() - start,
             lr=self.optimizer.param_groups[0]["lr"],
+            elapsed=self._elapsed_before + time.monotonic() - self.started,
         )
         self.history.append(row)
         self.position = Position(epoch=epoch + 1)
@@ -468,6 +495,7 @@ class Trainer:
                 f"{self.batches.train.count} train{val} / {self.batches.test.count} test "
                 f"images at {self.config.image_size}px; run folder {self.run_dir}"
             )
+        self._elapsed_before = elapsed_so_far(self.history)
         with self._ctrl_c_stops_cleanly():
             while self.position.epoch < self.config.epochs:
                 epoch = self.position.epoch

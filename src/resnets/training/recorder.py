@@ -29,8 +29,11 @@ from resnets.files import DISK_ERRNOS, free_bytes, write_atomic
 from resnets.training.checkpoint import checkpoint_bytes, save_checkpoint
 from resnets.training.plots import plot_confusion, plot_curves, plot_predictions
 
+# `seconds`: the epoch's training and evaluation. `elapsed`: wall seconds from the start of
+# the run to the end of the epoch's evaluation, start-up, data loading and earlier epochs'
+# checkpoints included, added up over resumed processes (older metrics.csv files lack it).
 METRICS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
-           "images_per_sec", "seconds", "lr")  # fmt: skip
+           "images_per_sec", "seconds", "lr", "elapsed")  # fmt: skip
 
 
 def default_run_dir(model: str) -> Path:
