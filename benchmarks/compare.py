@@ -92,11 +92,17 @@ def main() -> None:
     rows = [
         ("train images/s", reference["train_images_per_sec"], ours["train_images_per_sec"]),
         ("eval images/s", reference["eval_images_per_sec"], ours["eval_images_per_sec"]),
+        ("eval, BN folded", reference["eval_images_per_sec"], ours["eval_folded_images_per_sec"]),
         ("peak memory (MiB)", reference["peak_memory_bytes"] / 2**20,
          ours["peak_memory_bytes"] / 2**20),
         ("train GFLOP/s", reference["train_images_per_sec"] * gflop,
          ours["train_images_per_sec"] * gflop),
     ]  # fmt: skip
+    if ours.get("eval_onnx_images_per_sec"):  # onnxruntime, float32, on the same batches
+        rows.insert(
+            2, ("eval, onnxruntime", reference["eval_images_per_sec"],
+                ours["eval_onnx_images_per_sec"]),
+        )  # fmt: skip
     print(f"| {'':18} | {'reference':>10} | {'resnets':>10} | {'ratio':>6} |")
     print(f"|{'-' * 20}|{'-' * 12}:|{'-' * 12}:|{'-' * 7}:|")
     for name, ref, new in rows:

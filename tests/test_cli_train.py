@@ -103,7 +103,7 @@ def test_config_files_and_flag_precedence(
     "argv,message",
     [
         (["--model", "resnet19"], "unknown model 'resnet19'"),
-        (["--recipe", "fastest"], "unknown recipe 'fastest'; choose one of: chapter, fast, best"),
+        (["--recipe", "fastest"], "unknown recipe 'fastest'; choose one of: chapter, quick"),
         (["--batch-size", "0"], "batch_size must be a positive integer, not 0"),
         (["--device", "cuda:3"], "device cuda:3 asked for"),
         (["--precision", "fp16", "--device", "cpu"], "fp16 autocast is for GPUs"),

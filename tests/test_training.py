@@ -121,6 +121,31 @@ def test_ctrl_c_saves_a_checkpoint_and_resumes_mid_epoch(tmp_path: Path) -> None
     assert_same_weights(straight.model.state_dict(), resumed.model.state_dict())
 
 
+def test_checkpoint_every_keeps_a_crash_mid_epoch_cheap(tmp_path: Path) -> None:
+    """With --checkpoint-every 4 a process that dies at step 18 (in the middle of epoch 2,
+    12 steps an epoch) loses only the steps after its checkpoint at step 16; resuming from it
+    ends with bitwise the weights of a run that never stopped, and the epoch's running loss
+    and accuracy are carried over in the checkpoint."""
+    straight = trainer(tmp_path, "straight", epochs=2)
+    straight.fit()
+
+    def crash(_: Trainer, step: int) -> None:
+        if step == 18:
+            raise RuntimeError("the process died")
+
+    crashed = trainer(tmp_path, "crashed", epochs=2, checkpoint_every=4)
+    crashed.on_step = crash
+    with pytest.raises(RuntimeError, match="died"):
+        crashed.fit()
+    state = load_checkpoint(tmp_path / "crashed" / "checkpoints" / "last.pt")
+    assert (state["position"]["epoch"], state["position"]["batch"]) == (1, 4)
+    assert state["position"]["seen"] == 4 * 50 and state["position"]["correct"] > 0
+    resumed = resume_trainer(tmp_path / "crashed", data=DATA, quiet=True)
+    resumed.fit()
+    assert_same_weights(straight.model.state_dict(), resumed.model.state_dict())
+    assert resumed.history[-1]["train_acc"] == straight.history[-1]["train_acc"]
+
+
 def limit_forward(run: Trainer, most: int) -> list[int]:
     """Make the model fail as CUDA does for training batches larger than `most`; returns the
     sizes it ran on."""
