@@ -30,7 +30,7 @@ from resnets.training import (
     start_trainer,
 )
 from resnets.training.checkpoint import model_from_checkpoint
-from resnets.training.config import PRECISIONS
+from resnets.training.config import PRECISIONS, RECIPES
 from resnets.training.evaluate import eval_config
 from resnets.training.factory import resume_config
 from resnets.training.loop import seconds_since_process_start
@@ -386,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
         "saves a checkpoint; --resume DIR continues bit for bit.",
     )
     train.add_argument(
-        "--recipe", help="named settings: chapter, fast, best, cifar-paper (see README)"
+        "--recipe", help=f"named settings: {', '.join(RECIPES)} (see README)"
     )
     train.add_argument("--config", metavar="FILE", help="settings from a TOML or YAML file")
     train.add_argument("--resume", metavar="DIR", help="continue the run in DIR (or checkpoint)")
