@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import torch
 
 from resnets.errors import UsageError
 from resnets.training import (
+    RECIPES,
     CheckpointError,
     Diverged,
     Interrupted,
@@ -532,3 +534,21 @@ def test_out_of_memory_while_exchanging_gradients_stops_instead_of_retrying(
     else:
         train_step(run.parts, x, y, total=2 * len(x))
         assert run.fallback.size == 12  # retried in smaller micro-batches
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_every_recipe_builds_and_trains_a_few_steps(tmp_path: Path, recipe: str) -> None:
+    """Each recipe's settings validate, build their network and batches, and take two
+    optimizer steps and an evaluation on a small separable set (on the CPU, in fp32, with
+    one short epoch instead of the recipe's length); the loss stays finite."""
+    config = make_config(
+        recipe,
+        overrides={"epochs": 1, "device": "cpu", "precision": "fp32", "batch_size": 50,
+                   "eval_batch_size": 100, "eval_every": 1, "milestones": ()},
+    )  # fmt: skip
+    data = synthetic_dataset(n_train=100, n_test=100)
+    run = build_trainer(config, data=data, run_dir=tmp_path / "run", quiet=True, log=lambda _: None)
+    summary = run.fit()
+    assert len(run.batches.train) == 2
+    assert summary["epochs"] == 1 and 0 <= summary["final_test_acc"] <= 1
+    assert all(math.isfinite(row["train_loss"]) for row in run.history)
