@@ -62,6 +62,14 @@ class Phase:
     health_ms: list[float] = field(default_factory=list)
     rss_mib: list[float] = field(default_factory=list)
     offered_per_s: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def record(self, status: str, took: float) -> None:
+        """One request's outcome, from any of the sending threads."""
+        with self.lock:
+            self.statuses[status] += 1
+            if status == "200":
+                self.latencies.append(took)
 
     @property
     def answered(self) -> int:
@@ -181,11 +189,7 @@ def closed_loop(name: str, port: int, pid: int, images: list[bytes], requests: i
                 number = next(sent, None)
             if number is None:
                 return
-            status, took = client.predict(images[number % len(images)])
-            with lock:
-                phase.statuses[status] += 1
-                if status == "200":
-                    phase.latencies.append(took)
+            phase.record(*client.predict(images[number % len(images)]))
 
     started = time.perf_counter()
     with watching(phase, watcher, pid), ThreadPoolExecutor(concurrency) as pool:
@@ -201,15 +205,10 @@ def open_loop(name: str, port: int, pid: int, images: list[bytes], rate: float, 
     threads, whether or not earlier ones were answered."""
     phase = Phase(name)
     client, watcher = Client(port), Client(port)
-    lock = threading.Lock()
     total = int(rate * seconds)
 
     def one(number: int) -> None:
-        status, took = client.predict(images[number % len(images)])
-        with lock:
-            phase.statuses[status] += 1
-            if status == "200":
-                phase.latencies.append(took)
+        phase.record(*client.predict(images[number % len(images)]))
 
     started = time.perf_counter()
     with watching(phase, watcher, pid), ThreadPoolExecutor(workers) as pool:

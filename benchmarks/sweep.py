@@ -36,6 +36,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from resnets.files import write_atomic  # noqa: E402
+from resnets.training.plots import save_png  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DOCS = HERE.parent / "docs"
@@ -174,11 +175,7 @@ def plot(rows: list[dict[str, Any]], out: Path, title: str) -> None:
         panel.legend()
     figure.suptitle(title, fontsize=9)
     figure.tight_layout()
-    picture = io.BytesIO()
-    figure.savefig(picture, format="png", dpi=120)
-    plt.close(figure)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out, picture.getvalue())
+    save_png(figure, out)
 
 
 def chosen_configs(only: list[str], quick: bool, batch_size: int | None) -> list[Config]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from resnets.files import write_atomic  # noqa: E402
+from resnets.training.plots import save_png  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "docs" / "time-to-accuracy.png"
 
@@ -109,11 +108,7 @@ def plot(
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right")
     figure.tight_layout()
-    picture = io.BytesIO()
-    figure.savefig(picture, format="png", dpi=120)
-    plt.close(figure)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out, picture.getvalue())
+    save_png(figure, out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,16 +50,19 @@ GOOD: dict[str, tuple[str, tuple[int, int], str]] = {
 BROKEN = ("truncated.png", "text.jpg", "empty.png")
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished tiny run on a folder of circles, squares and triangles."""
-    base = tmp_path_factory.mktemp("predict")
+def train_shapes(base: Path) -> Path:
+    """A finished tiny run (BASE/run) on a folder of circles, squares and triangles."""
     root = image_folder(base / "shapes")
     argv = [f"--{k.replace('_', '-')}={v}" for k, v in SETTINGS.items()]
     code = main(["train", *argv, "--dataset", "folder", "--data-dir", str(root),
                  "--out", str(base / "run"), "--quiet"])  # fmt: skip
     assert code == 0
     return base / "run"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_shapes(tmp_path_factory.mktemp("predict"))
 
 
 @pytest.fixture(scope="module")

@@ -36,10 +36,10 @@ for _module, _why in (("fastapi", "FastAPI"), ("uvicorn", "uvicorn"),
     pytest.importorskip(_module, reason=f"{_why} is missing: pip install 'resnets[serve]'")
 
 import uvicorn  # noqa: E402
-from test_end_to_end import CLASSES, image_folder  # noqa: E402
-from test_predict import GOOD, SETTINGS, picture  # noqa: E402
+from test_end_to_end import CLASSES  # noqa: E402
+from test_predict import GOOD, picture, train_shapes  # noqa: E402
 
-from resnets.cli import build_parser, main  # noqa: E402
+from resnets.cli import build_parser  # noqa: E402
 from resnets.predict import Classifier  # noqa: E402
 from resnets.serve import Limits, create_app, listen  # noqa: E402
 from resnets.weights import load_network  # noqa: E402
@@ -134,14 +134,7 @@ def same(answer: dict[str, Any], expected: list[tuple[str, float]]) -> None:
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """test_predict's tiny run on a folder of circles, squares and triangles."""
-    base = tmp_path_factory.mktemp("serve")
-    root = image_folder(base / "shapes")
-    argv = [f"--{k.replace('_', '-')}={v}" for k, v in SETTINGS.items()]
-    code = main(["train", *argv, "--dataset", "folder", "--data-dir", str(root),
-                 "--out", str(base / "run"), "--quiet"])  # fmt: skip
-    assert code == 0
-    return base / "run"
+    return train_shapes(tmp_path_factory.mktemp("serve"))
 
 
 @pytest.fixture(scope="module")

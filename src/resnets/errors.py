@@ -11,6 +11,12 @@ def shown(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
+def one_line(error: BaseException) -> str:
+    """An exception's message with its line breaks and runs of spaces made single spaces, for
+    quoting inside a one-line message (its type's name when it has no message)."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
 class ResnetsError(Exception):
     """A failure the user can fix: the message names the thing and the fix.
 

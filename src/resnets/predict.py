@@ -15,7 +15,6 @@ reduced scale, as training did, so the two can differ a little.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from PIL import Image
 from resnets.data.batches import network_input
 from resnets.data.folder import EXTENSIONS, UNREADABLE, decode_image, truncated_images_refused
 from resnets.data.spec import DataSpec
-from resnets.errors import DataError, UsageError
+from resnets.errors import DataError, UsageError, one_line
 from resnets.models.fold import fold_batchnorm
 from resnets.weights import TrainedNetwork, load_network
 
@@ -238,7 +237,7 @@ def _why_unreadable(image: ImageSource, error: BaseException) -> str:
     """One line: the image's name and why it cannot be read."""
     if isinstance(image, Image.Image):
         name = str(getattr(image, "filename", "") or "a Pillow image")
-        return f"{name}: cannot be converted for the network ({_one_line(error)})"
+        return f"{name}: cannot be converted for the network ({one_line(error)})"
     path = Path(image)
     if isinstance(error, FileNotFoundError) or not path.exists():
         return f"{path}: no such file"
@@ -250,8 +249,4 @@ def _why_unreadable(image: ImageSource, error: BaseException) -> str:
         return f"{path}: an empty file, not an image"
     if isinstance(error, Image.UnidentifiedImageError):
         return f"{path}: not an image file that Pillow can read (PNG, JPEG, BMP, WebP, ...)"
-    return f"{path}: a damaged or truncated image ({_one_line(error)})"
-
-
-def _one_line(error: BaseException) -> str:
-    return re.sub(r"\s+", " ", str(error)).strip() or type(error).__name__
+    return f"{path}: a damaged or truncated image ({one_line(error)})"

@@ -43,7 +43,7 @@ import torch
 from PIL import Image
 
 from resnets.data.folder import UNREADABLE, truncated_images_refused
-from resnets.errors import UsageError
+from resnets.errors import UsageError, one_line
 from resnets.predict import Classifier, ImageError
 
 try:
@@ -249,7 +249,7 @@ def decode_upload(classifier: Classifier, data: bytes, name: str, max_pixels: in
             415, f"{name}: not an image this server reads ({', '.join(FORMATS)})"
         ) from None
     except UNREADABLE as error:
-        raise ClientError(400, f"{name}: a damaged image ({_one_line(error)})") from None
+        raise ClientError(400, f"{name}: a damaged image ({one_line(error)})") from None
     with image:
         width, height = image.size
         if width * height > max_pixels:
@@ -263,16 +263,12 @@ def decode_upload(classifier: Classifier, data: bytes, name: str, max_pixels: in
                 image.load()
         except UNREADABLE as error:
             raise ClientError(
-                400, f"{name}: a damaged or truncated image ({_one_line(error)})"
+                400, f"{name}: a damaged or truncated image ({one_line(error)})"
             ) from None
         try:
             return classifier.decode(image)
         except ImageError as error:
             raise ClientError(400, f"{name}: {error}") from None
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 class _Multipart:
@@ -474,7 +470,7 @@ def create_app(
 
     @app.exception_handler(Exception)
     async def failed(_: Request, error: Exception) -> JSONResponse:
-        return _error(500, f"the server failed: {_one_line(error)}")
+        return _error(500, f"the server failed: {one_line(error)}")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
@@ -524,7 +520,7 @@ def create_app(
             try:
                 rows = await batcher.probabilities(pixels)
             except Exception as error:
-                raise ClientError(500, f"the model failed: {_one_line(error)}") from error
+                raise ClientError(500, f"the model failed: {one_line(error)}") from error
         finally:
             batcher.release(admitted)
         k = min(top_k or limits.top_k, len(classifier.classes))

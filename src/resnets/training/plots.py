@@ -3,6 +3,7 @@ their predictions (matplotlib, no display)."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -11,6 +12,18 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from resnets.files import write_atomic  # noqa: E402
+
+
+def save_png(figure: Figure, path: Path, dpi: int = 120) -> None:
+    """`figure` as a PNG file, written whole or not at all (its folder made), then closed."""
+    picture = io.BytesIO()
+    figure.savefig(picture, format="png", dpi=dpi)
+    plt.close(figure)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, picture.getvalue())
 
 
 def plot_curves(
