@@ -1,9 +1,10 @@
 """The plain way against `resnets`, side by side in one invocation on the same machine.
 
 Runs benchmarks/reference.py and `resnets bench` (each in its own process, so peak memory is
-each one's own), measures the machine's matrix-multiply peak in float32 and bfloat16 as the
-physical bound, and prints every figure with the ratio. Times vary on shared machines: compare
-ratios taken in the same run.
+each one's own), and prints every figure with the ratio. Then the physical bound: the best
+GFLOP/s of a few dense probes (square matrix products and one 3x3 convolution) in float32 and
+bfloat16, and the share of it that the training step reaches, for the chapter's network and
+the `fast` recipe's. Times vary on shared machines: compare ratios taken in the same run.
 
     python benchmarks/compare.py                      # d2l_resnet18, 96x96, batch 256
     python benchmarks/compare.py --steps 10 --json out.json
@@ -12,16 +13,21 @@ ratios taken in the same run.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+
+from resnets.training.config import RECIPES
 
 HERE = Path(__file__).resolve().parent
 
@@ -33,15 +39,51 @@ def run_json(command: list[str]) -> dict:
     return json.loads(result.stdout)
 
 
-def matmul_peak(dtype: torch.dtype, size: int = 2048, seconds: float = 3.0) -> float:
-    """GFLOP/s of a large square matrix product: what these cores can do at best."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    a @ b
+def gflops(run: Callable[[], object], flop: float, seconds: float) -> float:
+    """GFLOP/s of `run` (which does `flop` FLOP), repeated for `seconds` after one warm-up."""
+    run()
     runs, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        a @ b
+        run()
         runs += 1
-    return runs * 2 * size**3 / (time.perf_counter() - start) / 1e9
+    return runs * flop / (time.perf_counter() - start) / 1e9
+
+
+def peak_probes(dtype: torch.dtype, seconds: float = 3.0) -> dict[str, float]:
+    """GFLOP/s of dense work these cores do at their best, by probe.
+
+    A square matrix product alone understates the peak on some CPUs (on a 2-core AMD EPYC one
+    of 2048 ran below oneDNN's bf16 convolutions), so a 3x3 convolution of the chapter's
+    layer1 shape, channels-last, is timed too; the bound is the best of them.
+    """
+    probes: dict[str, float] = {}
+    for size in (2048, 4096):
+        a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+        probes[f"matmul {size}"] = gflops(functools.partial(torch.mm, a, b), 2 * size**3, seconds)
+    n, channels, side = 64, 64, 24
+    x = torch.randn(n, channels, side, side, dtype=dtype).to(memory_format=torch.channels_last)
+    w = torch.randn(channels, channels, 3, 3, dtype=dtype).to(memory_format=torch.channels_last)
+    flop = 2 * n * channels * channels * 9 * side * side
+    probes["conv3x3 64ch 24px"] = gflops(lambda: F.conv2d(x, w, padding=1), flop, seconds)
+    return probes
+
+
+def train_gflop(figures: dict) -> float:
+    """GFLOP of one training image: the forward pass, and twice that for the backward."""
+    return 6 * figures["macs_per_image"] / 1e9
+
+
+def fast_net_options(args: argparse.Namespace) -> list[str]:
+    """`resnets bench` options for the `fast` recipe's network, from the recipe itself."""
+    recipe = RECIPES["fast"]
+    options = [f"--model={recipe['model']}", f"--width={recipe['width']}",
+               f"--image-size={recipe['image_size']}", f"--batch-size={args.batch_size}",
+               f"--steps={args.steps}", f"--warmup={args.warmup}"]  # fmt: skip
+    if recipe.get("small_input"):
+        options.append("--small-input")
+    if args.data_dir:
+        options += ["--data-dir", args.data_dir]
+    return options
 
 
 def cpu_name() -> str:
@@ -61,7 +103,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--warmup", type=int, default=3, help="untimed batches first")
     parser.add_argument("--workers", type=int, default=4, help="reference DataLoader workers")
-    parser.add_argument("--peak-seconds", type=float, default=3.0, help="matmul peak timing")
+    parser.add_argument("--peak-seconds", type=float, default=3.0, help="time for each peak probe")
     parser.add_argument("--data-dir", help="folder with the Fashion-MNIST files")
     parser.add_argument("--json", metavar="FILE", help="also write all figures to FILE")
     args = parser.parse_args()
@@ -76,11 +118,14 @@ def main() -> None:
         [sys.executable, str(HERE / "reference.py"), "--workers", str(args.workers), *common]
     )
     ours = run_json([sys.executable, "-m", "resnets.cli", "bench", "--json", *common])
-    peaks = {
-        name: matmul_peak(dtype, seconds=args.peak_seconds)
+    fast = run_json([sys.executable, "-m", "resnets.cli", "bench", "--json", "--no-onnx",
+                     *fast_net_options(args)])  # fmt: skip
+    probes = {
+        name: peak_probes(dtype, seconds=args.peak_seconds)
         for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))
     }
-    gflop = 6 * ours["macs_per_image"] / 1e9  # per training image: forward + 2x for backward
+    peaks = {name: max(found.values()) for name, found in probes.items()}
+    gflop = train_gflop(ours)
 
     print(f"# {date.today()}, {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}")
     print(
@@ -107,11 +152,20 @@ def main() -> None:
     print(f"|{'-' * 20}|{'-' * 12}:|{'-' * 12}:|{'-' * 7}:|")
     for name, ref, new in rows:
         print(f"| {name:18} | {ref:10.1f} | {new:10.1f} | {new / ref:5.2f}x |")
-    print(
-        f"bound: one training image costs {gflop:.2f} GFLOP; measured matmul peak "
-        f"{peaks['fp32']:.0f} GFLOP/s fp32, {peaks['bf16']:.0f} GFLOP/s bf16, i.e. at most "
-        f"{peaks['fp32'] / gflop:.0f} (fp32) / {peaks['bf16'] / gflop:.0f} (bf16) training images/s"
-    )
+    for name, found in probes.items():
+        shown = ", ".join(f"{probe} {rate:.0f}" for probe, rate in found.items())
+        print(f"peak {name}: {peaks[name]:.0f} GFLOP/s, the best of {shown}")
+    print(f"| {'training step of':34} | {'GFLOP/img':>9} | {'images/s':>8} | {'GFLOP/s':>7} | "
+          f"{'of peak':>7} |")  # fmt: skip
+    print(f"|{'-' * 36}|{'-' * 10}:|{'-' * 9}:|{'-' * 8}:|{'-' * 8}:|")
+    for name, figures in ((f"d2l_resnet18 at {args.image_size}px", ours),
+                          (f"fast recipe's net at {fast['image_size']}px", fast)):  # fmt: skip
+        per_image, rate = train_gflop(figures), figures["train_images_per_sec"]
+        peak = peaks["bf16" if figures["precision"] == "bf16" else "fp32"]
+        print(
+            f"| {name + ' (' + figures['precision'] + ')':34} | {per_image:9.3f} | {rate:8.0f} | "
+            f"{rate * per_image:7.0f} | {100 * rate * per_image / peak:6.0f}% |"
+        )
     print(
         f"reference workers' peak memory: {reference['peak_worker_memory_bytes'] / 2**20:.0f} MiB "
         "each (not included above)"
@@ -119,7 +173,14 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(
             json.dumps(
-                {"reference": reference, "resnets": ours, "matmul_peak_gflops": peaks}, indent=2
+                {
+                    "reference": reference,
+                    "resnets": ours,
+                    "fast_recipe_net": fast,
+                    "peak_gflops": peaks,
+                    "peak_probes_gflops": probes,
+                },
+                indent=2,
             )  # fmt: skip
         )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -75,10 +76,32 @@ def test_side_by_side_script(tmp_path: Path) -> None:
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "| train images/s" in result.stdout and "| eval images/s" in result.stdout
-    assert "bound: one training image costs" in result.stdout
+    assert "| d2l_resnet18 at 32px" in result.stdout
+    assert "| fast recipe's net at 28px" in result.stdout
     figures = json.loads(out.read_text())
+    assert figures["fast_recipe_net"]["model"] == "resnet18"
+    assert figures["fast_recipe_net"]["train_images_per_sec"] > 0
     for side in ("reference", "resnets"):
         assert figures[side]["train_images_per_sec"] > 0
         assert figures[side]["eval_images_per_sec"] > 0
         assert figures[side]["peak_memory_bytes"] > 0
-    assert figures["matmul_peak_gflops"]["fp32"] > 0
+    for dtype in ("fp32", "bf16"):
+        probes = figures["peak_probes_gflops"][dtype]
+        assert set(probes) == {"matmul 2048", "matmul 4096", "conv3x3 64ch 24px"}
+        assert figures["peak_gflops"][dtype] == max(probes.values()) > 0
+
+
+def test_regions_script(tmp_path: Path) -> None:
+    """benchmarks/regions.py compiles BN+ReLU and times it beside eager; gradients agree."""
+    out = tmp_path / "regions.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "regions.py"), "--shapes", "4x8x6x6",
+               "--steps", "1", "--json", str(out)]  # fmt: skip
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "| 4x8x6x6 |" in result.stdout
+    (row,) = json.loads(out.read_text())["rows"]
+    for key in ("eager_forward_ms", "eager_backward_ms", "compiled_forward_ms",
+                "compiled_backward_ms", "compiled_over_eager"):  # fmt: skip
+        assert row[key] > 0
+    assert row["grads_differing"] <= 1  # of 1152: at most one rounded across the ReLU
