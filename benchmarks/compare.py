@@ -149,7 +149,7 @@ def main() -> None:
                 ours["eval_onnx_images_per_sec"]),
         )  # fmt: skip
     print(f"| {'':18} | {'reference':>10} | {'resnets':>10} | {'ratio':>6} |")
-    print(f"|{'-' * 20}|{'-' * 12}:|{'-' * 12}:|{'-' * 7}:|")
+    print(f"|{'-' * 20}|{'-' * 11}:|{'-' * 11}:|{'-' * 6}:|")
     for name, ref, new in rows:
         print(f"| {name:18} | {ref:10.1f} | {new:10.1f} | {new / ref:5.2f}x |")
     for name, found in probes.items():
