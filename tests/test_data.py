@@ -483,6 +483,30 @@ def test_flip_mirrors_some_images() -> None:
     assert (same ^ flipped).all() and same.any() and flipped.any()
 
 
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_altflip_mirrors_each_image_in_every_other_epoch(shuffle: bool) -> None:
+    data = batches(64, batch_size=16, augment="altflip", shuffle=True, seed=3)
+    data.shuffle = shuffle
+
+    def mirrored(epoch: int) -> torch.Tensor:
+        """Whether image i came mirrored in `epoch`, by its index."""
+        out = torch.zeros(64, dtype=torch.bool)
+        for x, y in data.epoch(epoch):
+            got, originals = to_pixels(x), data.images[y]
+            same = (got == originals).flatten(1).all(1)
+            flipped = (got == torch.flip(originals, [-1])).flatten(1).all(1)
+            assert (same ^ flipped).all()
+            out[y] = flipped
+        return out
+
+    first = mirrored(0)
+    assert 10 < int(first.sum()) < 54, "a random half in the first epoch"
+    assert torch.equal(mirrored(1), ~first), "the other images in the next"
+    assert torch.equal(mirrored(2), first) and torch.equal(mirrored(5), ~first)
+    other_seed = batches(64, batch_size=16, augment="altflip", seed=4)
+    assert not torch.equal(other_seed.first_flips, data.first_flips), "drawn from the seed"
+
+
 def test_erase_fills_one_rectangle_in_about_half_the_images() -> None:
     data = batches(256, batch_size=256, augment="erase")
     x, y = next(data.epoch(0))
@@ -534,6 +558,7 @@ def test_batches_refuse_images_of_the_wrong_shape_or_count() -> None:
         ("flip+crop", ("crop", "flip")),
         ("erase+flip+crop", ("crop", "flip", "erase")),
         ("cutmix+rrc+flip", ("flip", "rrc", "cutmix")),
+        ("erase+altflip+crop", ("crop", "altflip", "erase")),
         ("cutmix+mixup", ("mixup", "cutmix")),
         ("mixup+erase+crop+flip+cutmix", ("crop", "flip", "erase", "mixup", "cutmix")),
     ],
@@ -553,6 +578,7 @@ def test_parse_augment_canonical_order(text: str, parts: tuple[str, ...]) -> Non
         ("crop+flip+crop", "names a part twice"),
         ("crop+rrc", "crop .* or rrc"),
         ("rrc+flip+crop", "crop .* or rrc"),
+        ("altflip+flip", "flip .* or altflip"),
     ],
 )
 def test_parse_augment_rejects(text: str, message: str) -> None:

@@ -34,6 +34,8 @@ from resnets.data import (
 )
 from resnets.data.mnist import STEMS
 from resnets.errors import UsageError
+from resnets.training.config import make_config
+from resnets.training.factory import fit_to_data
 
 from helpers import no_warning, separable, synthetic_dataset, write_dataset
 
@@ -139,7 +141,7 @@ def test_flip_mirrors_all_channels(spec: DataSpec) -> None:
     assert (same ^ flipped).all() and same.any() and flipped.any()
 
 
-@pytest.mark.parametrize("augment", ["flip", "crop+flip", "flip+mixup"])
+@pytest.mark.parametrize("augment", ["flip", "crop+flip", "flip+mixup", "altflip"])
 def test_flip_refused_where_a_mirror_changes_the_label(augment: str) -> None:
     images = torch.zeros(4, 28, 28, dtype=torch.uint8)
     with pytest.raises(UsageError, match="mnist: a mirror image changes the label"):
@@ -147,6 +149,17 @@ def test_flip_refused_where_a_mirror_changes_the_label(augment: str) -> None:
                       spec=MNIST.spec)  # fmt: skip
     DeviceBatches(images, torch.zeros(4), batch_size=2, image_size=28, augment="crop+erase",
                   spec=MNIST.spec)  # fmt: skip
+
+
+@pytest.mark.parametrize(("augment", "kept"), [("crop+flip", "crop"), ("altflip+erase", "erase"),
+                                               ("altflip", "none")])  # fmt: skip
+def test_mirrors_dropped_from_the_settings_where_they_change_the_label(
+    augment: str, kept: str
+) -> None:
+    config = make_config("fast", overrides={"augment": augment, "dataset": "mnist"})
+    fitted = fit_to_data(config, MNIST.spec, quiet=True)
+    assert (fitted.augment, fitted.tta) == (kept, False)
+    assert fit_to_data(config, FASHION_MNIST.spec, quiet=True) is config
 
 
 # --- soft targets -------------------------------------------------------------------------

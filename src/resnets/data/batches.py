@@ -23,17 +23,20 @@ from resnets.data.datasets import Split
 from resnets.data.spec import DataSpec
 from resnets.errors import UsageError
 
-# The parts an --augment value joins with "+", in the order they are applied. crop, flip and
-# erase work on the uint8 images at their stored size (cheaper); rrc replaces the resize;
-# mixup and cutmix mix the float batch and its labels (soft targets) last.
-AUGMENTATIONS = ("crop", "flip", "erase", "rrc", "mixup", "cutmix")
+# The parts an --augment value joins with "+", in the order they are applied. crop, flip
+# (altflip) and erase work on the uint8 images at their stored size (cheaper); rrc replaces the
+# resize; mixup and cutmix mix the float batch and its labels (soft targets) last.
+AUGMENTATIONS = ("crop", "flip", "altflip", "erase", "rrc", "mixup", "cutmix")
 MIX = ("mixup", "cutmix")
+MIRRORS = ("flip", "altflip")
 
 # Random erasing (Zhong et al. 2017, arXiv:1708.04896): probability, area fraction, aspect ratio.
 ERASE_P, ERASE_AREA, ERASE_ASPECT = 0.5, (0.02, 0.4), (0.3, 1 / 0.3)
 # Beta(alpha, alpha) of mixup (Zhang et al. 2018 use 0.2 on ImageNet) and CutMix (Yun et al.
 # 2019 use 1.0).
 MIXUP_ALPHA, CUTMIX_ALPHA = 0.2, 1.0
+# altflip's per-image coins come from their own numpy stream of the seed, apart from epochs'.
+ALTFLIP_STREAM = 0xA1F
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -53,6 +56,8 @@ def parse_augment(text: str) -> tuple[str, ...]:
         raise UsageError(f"augmentation {text!r} names a part twice")
     if "crop" in parts and "rrc" in parts:
         raise UsageError(f"augmentation {text!r}: use crop (shift) or rrc (resized crop), not both")
+    if all(m in parts for m in MIRRORS):
+        raise UsageError(f"augmentation {text!r}: use flip (random) or altflip, not both")
     return tuple(p for p in AUGMENTATIONS if p in parts)
 
 
@@ -137,7 +142,7 @@ class DeviceBatches:
             raise UsageError(
                 f"batch size and image size must be at least 1: {batch_size}, {image_size}"
             )
-        if "flip" in self.augment and not spec.mirror_ok:
+        if any(m in self.augment for m in MIRRORS) and not spec.mirror_ok:
             raise UsageError(f"{spec.name}: a mirror image changes the label; drop flip")
         source = split.images.unsqueeze(1) if split.images.dim() == 3 else split.images
         if source.dtype != torch.uint8 or source.dim() != 4 or source.shape[1] != spec.channels:
@@ -165,6 +170,10 @@ class DeviceBatches:
         self.channels_last, self.drop_last, self.dtype = channels_last, drop_last, dtype
         self.pad = spec.pad
         self.rank, self.world = shard
+        # altflip: whether each image is mirrored in even epochs (odd epochs mirror the rest)
+        self.first_flips = torch.from_numpy(
+            np.random.default_rng((seed, ALTFLIP_STREAM)).random(self.count) < 0.5
+        ).to(self.device)
 
     def rows_in(self, index: int) -> int:
         """Images in batch `index` of an epoch, all shards together."""
@@ -209,7 +218,7 @@ class DeviceBatches:
             pixels = (images[s if device_order is None else device_order[s]] for s in spans)
         for span, batch in zip(spans, pixels, strict=True):
             index = span if order is None else order[span].to(self.device)
-            yield self._shard(self._prepare(batch, self.labels[index], generator, mix_rng))
+            yield self._shard(self._prepare(batch, index, epoch, generator, mix_rng))
 
     def _gathered(self, spans: list[slice], order: torch.Tensor | None) -> Iterator[torch.Tensor]:
         """Each span's images read from the source on a background thread, `prefetch` ahead."""
@@ -237,15 +246,22 @@ class DeviceBatches:
     def _prepare(
         self,
         batch: torch.Tensor,
-        labels: torch.Tensor,
+        index: torch.Tensor | slice,
+        epoch: int,
         generator: torch.Generator,
         mix_rng: np.random.Generator,
     ) -> Batch:
-        """Augment at stored size (cheaper), make float, normalise, resize, then mix."""
+        """Augment at stored size (cheaper), make float, normalise, resize, then mix.
+
+        `index`: the batch's images' positions in the split (for labels and altflip)."""
+        labels = self.labels[index]
         if "crop" in self.augment:
             batch = self._crop(batch, generator)
         if "flip" in self.augment:
             batch = self._flip(batch, generator)
+        if "altflip" in self.augment:
+            flip = self.first_flips[index] ^ bool(epoch % 2)
+            batch = torch.where(flip.view(-1, 1, 1, 1), batch.flip(-1), batch)
         if "erase" in self.augment:
             batch = self._erase(batch, generator)
         x = normalise(batch, self.spec, self.dtype)

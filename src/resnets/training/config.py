@@ -78,8 +78,8 @@ class TrainConfig:
     )
     label_smoothing: float = _setting(0.0, "label smoothing of the cross-entropy loss")
     augment: str = _setting(
-        "none", "training augmentation, parts joined with +: crop, flip, erase, rrc (random "
-        "resized crop), mixup, cutmix; or none"
+        "none", "training augmentation, parts joined with +: crop, flip, altflip (each image "
+        "mirrored in every other epoch), erase, rrc (random resized crop), mixup, cutmix; or none"
     )
     image_size: int = _setting(96, "side of the square input (28 keeps the native size)")
     small_input: bool = _setting(False, "3x3 stride-1 stem without max pool (for 28-32px)")

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from resnets.data.batches import DeviceBatches, parse_augment
+from resnets.data.batches import MIRRORS, DeviceBatches, parse_augment
 from resnets.data.datasets import DataOptions, Dataset, Split, load_dataset
 from resnets.data.spec import DataSpec
 from resnets.errors import DataError, UsageError
@@ -92,10 +92,10 @@ def fit_to_data(config: TrainConfig, spec: DataSpec, quiet: bool = False) -> Tra
     if spec.mirror_ok:
         return config
     parts = parse_augment(config.augment)
-    if "flip" not in parts and not config.tta:
+    if not any(m in parts for m in MIRRORS) and not config.tta:
         return config
     notice(quiet)(f"{spec.name}: a mirrored image is not the same class, so no flip and no TTA")
-    kept = "+".join(p for p in parts if p != "flip") or "none"
+    kept = "+".join(p for p in parts if p not in MIRRORS) or "none"
     return dataclasses.replace(config, augment=kept, tta=False)
 
 
