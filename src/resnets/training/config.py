@@ -226,7 +226,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "model": "resnet18", "small_input": True, "width": 0.25, "image_size": 28,
         "epochs": 6, "batch_size": 256, "optimizer": "nesterov", "lr": 0.2,
         "weight_decay": 5e-4, "schedule": "onecycle", "label_smoothing": 0.1,
-        "augment": "flip", "zero_init_residual": True, "tta": True, "eval_every": 6,
+        "augment": "altflip", "zero_init_residual": True, "tta": True, "eval_every": 6,
     },
     "fast": {
         "model": "resnet18", "small_input": True, "width": 0.25, "image_size": 28,
