@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from resnets.data import DataNotFoundError, Dataset, load_dataset
 from resnets.data.datasets import get_entry
@@ -31,7 +30,7 @@ from resnets.training.factory import (
     join_processes,
     model_kwargs,
 )
-from resnets.training.loop import build_optimizer
+from resnets.training.loop import build_optimizer, build_step_models
 from resnets.training.memory import MemoryFallback
 from resnets.training.runtime import Runtime, peak_memory_bytes, reset_peak_memory
 from resnets.training.step import StepParts, train_step
@@ -141,15 +140,7 @@ def benchmark(
     runtime = Runtime.resolve(device_of(config, place), config.precision, config.channels_last)
     config = fit_to_data(config, data.spec, quiet=True)
     network = build_model(config, data.spec, runtime)
-    eval_model: nn.Module = (
-        torch.compile(network) if compile else network  # type: ignore[assignment]
-    )
-    step_model = eval_model
-    if place.world > 1:
-        ddp = DistributedDataParallel(
-            network, device_ids=[runtime.device] if runtime.device.type == "cuda" else None
-        )
-        step_model = torch.compile(ddp) if compile else ddp  # type: ignore[assignment]
+    eval_model, step_model = build_step_models(network, runtime.device, place.world, compile)
     batches = build_batches(config, data, runtime, quiet=True, place=place)
     optimizer = build_optimizer(network, config)
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.precision == "fp16")

@@ -16,7 +16,7 @@ import yaml
 
 from resnets.bench import bench_config, benchmark
 from resnets.data import DataOptions, describe, list_datasets
-from resnets.errors import ResnetsError, UsageError
+from resnets.errors import ResnetsError, UsageError, first_line
 from resnets.export import FORMATS, export_network
 from resnets.models import create_model, default_input_size, list_models
 from resnets.summary import count_params, format_count, format_summary, summarize
@@ -569,7 +569,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(
             f"resnets: error: {who}stopped because another process of this job failed or "
-            f"stopped answering ({_first_line(error)}); its own message says why",
+            f"stopped answering ({_collective_gist(error)}); its own message says why",
             file=sys.stderr,
         )
         return 1
@@ -586,12 +586,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _first_line(error: BaseException) -> str:
+def _collective_gist(error: BaseException) -> str:
     """The gist of a collective's error: its first sentence, without the source location."""
-    lines = str(error).strip().splitlines()
-    if not lines:
-        return type(error).__name__
-    return re.sub(r"^\[[^\]]*\]\s*", "", lines[0]).split(". ")[0][:160]
+    return re.sub(r"^\[[^\]]*\]\s*", "", first_line(error)).split(". ")[0][:160]
 
 
 if __name__ == "__main__":

@@ -11,6 +11,13 @@ def shown(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
+def first_line(error: BaseException, limit: int | None = None) -> str:
+    """An exception's first line (at most `limit` characters), or its type's name when it has
+    no message: the gist of a long library error, for quoting inside a one-line message."""
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else type(error).__name__
+
+
 def one_line(error: BaseException) -> str:
     """An exception's message with its line breaks and runs of spaces made single spaces, for
     quoting inside a one-line message (its type's name when it has no message)."""

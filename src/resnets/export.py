@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from resnets.errors import ResnetsError, UsageError
+from resnets.errors import ResnetsError, UsageError, first_line
 from resnets.files import fsync_dir, write_atomic
 from resnets.weights import SAFETENSORS_FORMAT, TrainedNetwork, load_network
 
@@ -110,7 +110,7 @@ def export_trained(
             model(example)
     except RuntimeError as error:
         raise UsageError(
-            f"--image-size {size} does not fit {network.model_name}: {_first_line(error)}"
+            f"--image-size {size} does not fit {network.model_name}: {first_line(error)}"
         ) from None
     write, check = {
         "onnx": (_onnx_writer, _onnx_check),
@@ -251,11 +251,6 @@ def _on_batches(who: str, diff: float) -> str:
     return f"{who} agrees with PyTorch: max abs difference {diff:.1e} on batches of {batches}"
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 @contextlib.contextmanager
 def _exporting(what: str) -> Iterator[None]:
     """The exporters' warnings and log lines hushed; their failures as one line."""
@@ -269,7 +264,7 @@ def _exporting(what: str) -> Iterator[None]:
     except ResnetsError:
         raise
     except Exception as error:
-        raise ExportError(f"{what} failed: {_first_line(error)}") from error
+        raise ExportError(f"{what} failed: {first_line(error)}") from error
     finally:
         logger.setLevel(level)
 

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from resnets.errors import UsageError
+from resnets.errors import UsageError, first_line
 from resnets.weights import WeightsError, load_network
 
 HEAD = "fc"  # the classifier's module name, ours and torchvision's
@@ -116,15 +116,14 @@ def read_weights(source: str | Path) -> tuple[dict[str, torch.Tensor], str]:
         raise WeightsError(f"{path}: no such weights file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if "Unsupported global" in str(error):
+    except Exception as error:  # torch.load fails in many ways on a foreign or cut-off file
+        if isinstance(error, pickle.UnpicklingError) and "Unsupported global" in str(error):
             raise WeightsError(
                 f"{path}: holds objects other than tensors and plain data; resnets loads only "
                 "state dicts (nothing in the file was run)"
             ) from error
-        raise WeightsError(f"{path}: not a readable weights file ({_first_line(error)})") from error
-    except Exception as error:  # torch.load fails in many ways on a foreign or cut-off file
-        raise WeightsError(f"{path}: not a readable weights file ({_first_line(error)})") from error
+        why = first_line(error, 120)
+        raise WeightsError(f"{path}: not a readable weights file ({why})") from error
     if isinstance(state, dict) and state.get("format") == "resnets-checkpoint":
         return dict(load_network(path).state_dict), str(path)
     return _state_dict(state, str(path)), str(path)
@@ -140,7 +139,7 @@ def _download(url: str) -> dict[str, torch.Tensor]:
         ) from error
     except (OSError, RuntimeError, ValueError) as error:  # URLError is an OSError
         raise WeightsError(
-            f"{url}: could not download the weights ({_first_line(error)})"
+            f"{url}: could not download the weights ({first_line(error, 120)})"
         ) from error
     return _state_dict(state, url)
 
@@ -155,11 +154,6 @@ def _state_dict(state: Any, name: str) -> dict[str, torch.Tensor]:
     if bad:
         raise WeightsError(f"{name}: not a state dict: {str(bad[0])[:60]} is not a named tensor")
     return {k.removeprefix("module."): v for k, v in state.items()}
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:120] if text else type(error).__name__
 
 
 def load_pretrained(

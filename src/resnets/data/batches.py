@@ -260,8 +260,7 @@ class DeviceBatches:
         if "flip" in self.augment:
             batch = self._flip(batch, generator)
         if "altflip" in self.augment:
-            flip = self.first_flips[index] ^ bool(epoch % 2)
-            batch = torch.where(flip.view(-1, 1, 1, 1), batch.flip(-1), batch)
+            batch = _mirror(batch, self.first_flips[index] ^ bool(epoch % 2))
         if "erase" in self.augment:
             batch = self._erase(batch, generator)
         x = normalise(batch, self.spec, self.dtype)
@@ -295,8 +294,7 @@ class DeviceBatches:
 
     def _flip(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Mirror each image left to right with probability one half."""
-        flip = torch.rand(len(batch), generator=generator, device=self.device) < 0.5
-        return torch.where(flip.view(-1, 1, 1, 1), batch.flip(-1), batch)
+        return _mirror(batch, torch.rand(len(batch), generator=generator, device=self.device) < 0.5)
 
     def _erase(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Fill one random rectangle of each image with noise, with probability ERASE_P.
@@ -329,3 +327,8 @@ class DeviceBatches:
             256, batch.shape, generator=generator, device=self.device, dtype=torch.uint8
         )
         return torch.where(mask.unsqueeze(1), noise, batch)
+
+
+def _mirror(batch: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
+    """The (N, C, H, W) batch with the images where `which` (N bools) is true mirrored."""
+    return torch.where(which.view(-1, 1, 1, 1), batch.flip(-1), batch)

@@ -142,6 +142,19 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     return torch.optim.SGD(groups, lr=config.lr, momentum=momentum, nesterov=nesterov)
 
 
+def build_step_models(
+    model: nn.Module, device: torch.device, world: int, compile: bool
+) -> tuple[nn.Module, nn.Module]:
+    """(evaluation model, training step's model) for `model`: the model itself, compiled with
+    --compile; for the step under torchrun (`world` > 1), a DistributedDataParallel around it
+    (compiled too), which averages the processes' gradients."""
+    eval_model: nn.Module = torch.compile(model) if compile else model  # type: ignore[assignment]
+    if world == 1:
+        return eval_model, eval_model
+    ddp = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    return eval_model, torch.compile(ddp) if compile else ddp  # type: ignore[return-value]
+
+
 def seconds_since_process_start() -> float:
     """Wall seconds since this process started, from Linux's /proc; 0 where it cannot be read
     (the run's clock then starts when its trainer is built)."""
@@ -196,16 +209,11 @@ class Trainer:
         self.batches, self.folder = batches, folder
         self.log, self.quiet, self.on_step = log, quiet, on_step
         self.place = distributed.info()
-        self.eval_model: nn.Module = (
-            torch.compile(model) if config.compile else model  # type: ignore[assignment]
-        )
-        self.step_model = self.eval_model
         if self.place.world > 1:
             self._check_shares(batches)
-            ddp = DistributedDataParallel(
-                model, device_ids=[self.device] if self.device.type == "cuda" else None
-            )
-            self.step_model = torch.compile(ddp) if config.compile else ddp  # type: ignore[assignment]
+        self.eval_model, self.step_model = build_step_models(
+            model, self.device, self.place.world, config.compile
+        )
         self.optimizer = build_optimizer(model, config)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.ema = build_ema(model, config.ema)
