@@ -24,11 +24,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from resnets.training.runtime import autocast, keep_freed_host_memory, resolve_precision
+from resnets.training.runtime import Runtime, autocast
 
 # (N, C, H, W): layer1 of the chapter's network at 96 px, and of the fast recipe's at 28 px
 SHAPES = ("256x64x24x24", "256x16x28x28")
-CPU = torch.device("cpu")
 
 
 def region(channels: int) -> nn.Module:
@@ -37,21 +36,21 @@ def region(channels: int) -> nn.Module:
 
 
 def time_region(
-    module: nn.Module, shape: tuple[int, ...], precision: str, steps: int
+    module: nn.Module, shape: tuple[int, ...], runtime: Runtime, steps: int
 ) -> tuple[float, float, torch.Tensor]:
     """Milliseconds per forward and per backward pass (mean of `steps` after 3 untimed), and
     the last input gradient."""
     generator = torch.Generator().manual_seed(0)
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    dtype = torch.bfloat16 if runtime.precision == "bf16" else torch.float32
     make = lambda: torch.randn(shape, generator=generator).to(  # noqa: E731
-        dtype=dtype, memory_format=torch.channels_last
+        dtype=dtype, memory_format=runtime.memory_format
     )
     x0, grad = make(), make()
     forward = backward = 0.0
     for i in range(3 + steps):
         x = x0.clone().requires_grad_()
         start = time.perf_counter()
-        with autocast(CPU, precision):
+        with autocast(runtime.device, runtime.precision):
             y = module(x)
         middle = time.perf_counter()
         y.backward(grad)
@@ -68,20 +67,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed passes per measurement")
     parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
     args = parser.parse_args()
-    keep_freed_host_memory()  # as `resnets train` does: no page faults on each pass's tensors
-    precision = resolve_precision("auto", CPU)
-    print(f"# {date.today()}, {os.cpu_count()} cores, torch {torch.__version__}, {precision}, "
-          f"channels-last, {args.steps} timed passes")  # fmt: skip
+    # as `resnets train` resolves them; on the CPU this also keeps freed memory (no page faults)
+    runtime = Runtime.resolve("cpu", "auto", None)
+    how = f"{runtime.precision}, {'channels-last' if runtime.channels_last else 'NCHW'}"
+    print(f"# {date.today()}, {os.cpu_count()} cores, torch {torch.__version__}, {how}, "
+          f"{args.steps} timed passes")  # fmt: skip
     print("| BN+ReLU on | eager fwd / bwd ms | compiled fwd / bwd ms | compiled/eager "
           "| grads off by > 1% of max |")  # fmt: skip
     print("|---|--:|--:|--:|--:|")
     rows = []
     for text in args.shapes:
         shape = tuple(int(side) for side in text.split("x"))
-        eager = region(shape[1]).to(memory_format=torch.channels_last)
-        compiled = torch.compile(region(shape[1]).to(memory_format=torch.channels_last))
-        e_fwd, e_bwd, e_grad = time_region(eager, shape, precision, args.steps)
-        c_fwd, c_bwd, c_grad = time_region(compiled, shape, precision, args.steps)
+        eager = region(shape[1]).to(memory_format=runtime.memory_format)
+        compiled = torch.compile(region(shape[1]).to(memory_format=runtime.memory_format))
+        e_fwd, e_bwd, e_grad = time_region(eager, shape, runtime, args.steps)
+        c_fwd, c_bwd, c_grad = time_region(compiled, shape, runtime, args.steps)
         ratio = (c_fwd + c_bwd) / (e_fwd + e_bwd)
         # bf16 rounding may put an element on the other side of the ReLU: count, not max
         tolerance = 0.01 * e_grad.float().abs().max().item()
@@ -92,7 +92,8 @@ def main() -> None:
                      "compiled_forward_ms": c_fwd, "compiled_backward_ms": c_bwd,
                      "compiled_over_eager": ratio, "grads_differing": differ})  # fmt: skip
     if args.json:
-        Path(args.json).write_text(json.dumps({"precision": precision, "rows": rows}, indent=2))
+        figures = {"precision": runtime.precision, "rows": rows}
+        Path(args.json).write_text(json.dumps(figures, indent=2))
 
 
 if __name__ == "__main__":

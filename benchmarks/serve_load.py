@@ -23,7 +23,6 @@ the figures are of both together.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import http.client
 import io
 import json
@@ -46,7 +45,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+from resnets.training.memory import proc_bytes
+
+HERE = Path(__file__).resolve().parent
+SRC = HERE.parent / "src"
+if str(HERE) not in sys.path:  # imported by path: compare.py sits beside it
+    sys.path.insert(0, str(HERE))
+from compare import cpu_name  # noqa: E402
+
 TIMEOUT = 30.0  # seconds one request may take before it counts as failed
 
 
@@ -58,7 +64,6 @@ class Phase:
     seconds: float = 0.0
     latencies: list[float] = field(default_factory=list)  # of answered (200) requests
     statuses: Counter[str] = field(default_factory=Counter)
-    images_per_request: int = 1
     health_ms: list[float] = field(default_factory=list)
     rss_mib: list[float] = field(default_factory=list)
     offered_per_s: float = 0.0
@@ -143,12 +148,8 @@ class Client:
 
 def rss_mib(pid: int) -> float:
     """The process's resident memory now, from /proc (Linux); nan elsewhere."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return float("nan")
-    found = re.search(r"VmRSS:\s+(\d+) kB", text)
-    return int(found.group(1)) / 1024 if found else float("nan")
+    found = proc_bytes(f"/proc/{pid}/status", "VmRSS")
+    return found / 2**20 if found is not None else float("nan")
 
 
 @contextmanager
@@ -176,7 +177,7 @@ def closed_loop(name: str, port: int, pid: int, images: list[bytes], requests: i
     """`concurrency` clients, each sending its next request when the last is answered, until
     `requests` were sent or `seconds` passed."""
     phase = Phase(name)
-    client, watcher = Client(port), Client(port)
+    client = Client(port)  # one connection per thread, the watcher's too
     for image in images[:concurrency]:  # warm-up: connections, first batches
         client.predict(image)
     sent = iter(range(requests))
@@ -192,7 +193,7 @@ def closed_loop(name: str, port: int, pid: int, images: list[bytes], requests: i
             phase.record(*client.predict(images[number % len(images)]))
 
     started = time.perf_counter()
-    with watching(phase, watcher, pid), ThreadPoolExecutor(concurrency) as pool:
+    with watching(phase, client, pid), ThreadPoolExecutor(concurrency) as pool:
         for _ in range(concurrency):
             pool.submit(loop)
     phase.seconds = time.perf_counter() - started
@@ -204,14 +205,14 @@ def open_loop(name: str, port: int, pid: int, images: list[bytes], rate: float, 
     """Requests sent at `rate` per second for `seconds`, each by the next free one of `workers`
     threads, whether or not earlier ones were answered."""
     phase = Phase(name)
-    client, watcher = Client(port), Client(port)
+    client = Client(port)  # one connection per thread, the watcher's too
     total = int(rate * seconds)
 
     def one(number: int) -> None:
         phase.record(*client.predict(images[number % len(images)]))
 
     started = time.perf_counter()
-    with watching(phase, watcher, pid), ThreadPoolExecutor(workers) as pool:
+    with watching(phase, client, pid), ThreadPoolExecutor(workers) as pool:
         for number in range(total):
             delay = started + number / rate - time.perf_counter()
             if delay > 0:
@@ -235,7 +236,7 @@ def table(phases: list[Phase]) -> str:
         rate = p.answered / p.seconds
         rows.append(
             f"| {p.name} | {sent} | {p.answered} | {p.statuses['503']} | {failed} | {rate:.0f} "
-            f"| {rate * p.images_per_request:.0f} | {p.percentile(50):.1f} "
+            f"| {rate:.0f} | {p.percentile(50):.1f} "
             f"| {p.percentile(95):.1f} | {p.percentile(99):.1f} "
             f"| {max(p.health_ms, default=float('nan')):.0f} "
             f"| {max(p.rss_mib, default=float('nan')):.0f} |"
@@ -272,11 +273,7 @@ def main() -> None:
     phases.append(overload)
     health_ok = sum(ms != float("inf") for ms in overload.health_ms)
 
-    machine = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        found = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
-        machine = found.group(1).strip() if found else machine
-    print(f"\n{machine}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
+    print(f"\n{cpu_name()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
           f"Python {platform.python_version()}, {date.today()}")  # fmt: skip
     print(f"python {' '.join(sys.argv)}\n")
     print(table(phases))

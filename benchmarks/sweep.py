@@ -22,27 +22,23 @@ import csv
 import io
 import json
 import os
-import subprocess
 import sys
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import matplotlib.pyplot as plt
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from resnets.files import write_atomic  # noqa: E402
-from resnets.training.plots import save_png  # noqa: E402
+from resnets.files import write_atomic
+from resnets.training.plots import save_png  # its import selects the Agg backend
 
 HERE = Path(__file__).resolve().parent
 DOCS = HERE.parent / "docs"
 if str(HERE) not in sys.path:  # imported by path (the tests): compare.py sits beside it
     sys.path.insert(0, str(HERE))
-from compare import cpu_name  # noqa: E402
+from compare import cpu_name, run_json  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -78,15 +74,6 @@ COLUMNS = (
     "eval_folded_images_per_sec", "train_gflops_per_sec", "eval_gflops_per_sec",
     "peak_memory_bytes",
 )  # fmt: skip
-
-
-def run_json(command: list[str]) -> dict[str, Any]:
-    """The JSON object a benchmark process prints; exits with its error when it fails."""
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        sys.exit(f"{' '.join(command)} failed:\n{result.stderr.strip()}")
-    answer: dict[str, Any] = json.loads(result.stdout)
-    return answer
 
 
 def measure(config: Config, steps: int, warmup: int, workers: int) -> list[dict[str, Any]]:
@@ -236,8 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         (args.csv, buffer.getvalue()),
         (args.json, json.dumps(figures, indent=2) + "\n"),
     ):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, payload)
+        write_atomic(path, payload)  # its folder made too
     plot(rows, args.plot, header)
     print(f"wrote {args.csv}, {args.json} and {args.plot}")
     return 0

@@ -20,12 +20,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from resnets.training.plots import save_png  # noqa: E402
+from resnets.training.plots import save_png  # its import selects the Agg backend
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "docs" / "time-to-accuracy.png"
 
