@@ -1,4 +1,5 @@
-"""Shared fixtures: the tests' own helpers on the path, and data sets kept off the machine's."""
+"""Shared fixtures: the tests' own helpers on the path, data sets kept off the machine's, and
+one tiny trained run for the tests that predict with it."""
 
 import pathlib
 import sys
@@ -9,6 +10,7 @@ import pytest
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
 from resnets.data import FASHION_MNIST, MNIST  # noqa: E402
+from resnets.predict import Classifier  # noqa: E402
 
 
 @pytest.fixture
@@ -22,3 +24,17 @@ def offline_data(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(MNIST, "system_dir", tmp_path / "no-system-mnist")
     monkeypatch.setenv("RESNETS_DATA", str(tmp_path / "cache"))
     monkeypatch.setattr(urllib.request, "urlopen", no_network)
+
+
+@pytest.fixture(scope="session")
+def shapes_run(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """test_predict's tiny run on a folder of shapes, trained once for every test using it."""
+    from test_predict import train_shapes
+
+    return train_shapes(tmp_path_factory.mktemp("shapes"))
+
+
+@pytest.fixture(scope="session")
+def shapes_classifier(shapes_run: pathlib.Path) -> Classifier:
+    """A Classifier of `shapes_run`, shared like the run itself."""
+    return Classifier.from_checkpoint(shapes_run)

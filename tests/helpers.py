@@ -1,4 +1,5 @@
-"""A small, learnable stand-in for Fashion-MNIST, and settings that train on it in seconds."""
+"""A small, learnable stand-in for Fashion-MNIST, settings that train on it in seconds, and
+what several test files share: the repository's folders, comparing weights, running the CLI."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import torch
 
 from resnets.data import FASHION_MNIST, Dataset, write_idx
 from resnets.data.idx import idx_payload_sha256
+
+ROOT = Path(__file__).resolve().parent.parent  # the repository
+SRC = ROOT / "src"
 
 # A tiny network and small images: every training test runs in seconds on 2 cores.
 TINY: dict[str, Any] = {
@@ -29,6 +33,13 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
         code = exit_.code if isinstance(exit_.code, int) else 0
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    """The same tensor names, and bit for bit the same tensors under each."""
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
 
 
 def no_warning(message: str) -> None:

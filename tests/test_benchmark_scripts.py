@@ -1,11 +1,12 @@
-"""benchmarks/time_to_accuracy.py and benchmarks/sweep.py: they run, write what they say, and
-refuse what they cannot use (no timings are checked)."""
+"""benchmarks/time_to_accuracy.py, benchmarks/sweep.py and benchmarks/regions.py: they run,
+write what they say, and refuse what they cannot use (no timings are checked)."""
 
 from __future__ import annotations
 
 import csv
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,15 +17,16 @@ import pytest
 
 from resnets.training.recorder import METRICS
 
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import ROOT
 
 
-def script(name: str) -> ModuleType:
-    """A benchmarks/ script imported as a module (its main is called in this process)."""
+def script(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """A benchmarks/ script imported as a module (its main is called in this process), in
+    sys.modules until the test ends."""
     spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # its dataclasses look their module up there
+    monkeypatch.setitem(sys.modules, name, module)  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -46,7 +48,7 @@ def epoch(n: int, acc: float | None, seconds: float, elapsed: float) -> dict[str
 
 
 def test_time_to_accuracy_draws_runs_old_and_new(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     new = fake_run(tmp_path / "new", [epoch(1, None, 10, 14), epoch(2, 0.91, 10, 25),
                                       epoch(3, 0.935, 10, 36)], METRICS)  # fmt: skip
@@ -55,7 +57,7 @@ def test_time_to_accuracy_draws_runs_old_and_new(
                 for n, acc in ((1, 0.9), (2, 0.92))]  # fmt: skip
     old = fake_run(tmp_path / "old", old_rows, old_columns)
     out = tmp_path / "docs" / "tta.png"
-    tta = script("time_to_accuracy")
+    tta = script("time_to_accuracy", monkeypatch)
     code = tta.main([f"fast={new}", str(old), "--out", str(out), "--target", "0.93"])
     assert code == 0
     assert out.read_bytes()[:4] == b"\x89PNG"
@@ -82,10 +84,12 @@ def test_time_to_accuracy_refuses_a_folder_without_metrics(tmp_path: Path) -> No
     assert not out.exists()
 
 
-def test_sweep_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_sweep_quick(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = {kind: tmp_path / f"sweep.{ext}" for kind, ext in
            (("csv", "csv"), ("json", "json"), ("plot", "png"))}  # fmt: skip
-    sweep = script("sweep")
+    sweep = script("sweep", monkeypatch)
     assert sweep.main(["--quick", *(f"--{k}={v}" for k, v in out.items())]) == 0
     rows = json.loads(out["json"].read_text())["rows"]
     assert [r["implementation"] for r in rows] == ["reference", "resnets"]
@@ -104,6 +108,25 @@ def test_sweep_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert "| cifar_resnet20 | 32 |" in capsys.readouterr().out
 
 
-def test_sweep_refuses_an_unknown_configuration(tmp_path: Path) -> None:
+def test_sweep_refuses_an_unknown_configuration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with pytest.raises(SystemExit, match="unknown --only resnet50@32; choose from"):
-        script("sweep").main(["--only", "resnet50@32", "--plot", str(tmp_path / "x.png")])
+        sweep = script("sweep", monkeypatch)
+        sweep.main(["--only", "resnet50@32", "--plot", str(tmp_path / "x.png")])
+
+
+def test_regions_script(tmp_path: Path) -> None:
+    """benchmarks/regions.py compiles BN+ReLU and times it beside eager; gradients agree."""
+    out = tmp_path / "regions.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "regions.py"), "--shapes", "4x8x6x6",
+               "--steps", "1", "--json", str(out)]  # fmt: skip
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "| 4x8x6x6 |" in result.stdout
+    (row,) = json.loads(out.read_text())["rows"]
+    for key in ("eager_forward_ms", "eager_backward_ms", "compiled_forward_ms",
+                "compiled_backward_ms", "compiled_over_eager"):  # fmt: skip
+        assert row[key] > 0
+    assert row["grads_differing"] <= 1  # of 1152: at most one rounded across the ReLU

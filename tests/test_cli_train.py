@@ -13,13 +13,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import torch
 
 from resnets.cli import main
 from resnets.data import FASHION_MNIST
 from resnets.training import load_checkpoint
 
-from helpers import TINY, synthetic_dataset, write_dataset
+from helpers import TINY, assert_same_weights, synthetic_dataset, write_dataset
 from helpers import run_cli as run
 
 
@@ -200,8 +199,7 @@ def test_a_signal_to_a_real_process_saves_and_resumes_bit_for_bit(
     assert code == 0, err
     resumed = load_checkpoint(out_dir / "checkpoints" / "last.pt")["model"]
     expected = load_checkpoint(straight / "checkpoints" / "last.pt")["model"]
-    assert resumed.keys() == expected.keys()
-    assert all(torch.equal(resumed[k], expected[k]) for k in expected)
+    assert_same_weights(resumed, expected)
 
 
 # `resnets train` on a disk so slow that saving after the first signal takes two minutes: the

@@ -485,8 +485,7 @@ def test_flip_mirrors_some_images() -> None:
 
 @pytest.mark.parametrize("shuffle", [False, True])
 def test_altflip_mirrors_each_image_in_every_other_epoch(shuffle: bool) -> None:
-    data = batches(64, batch_size=16, augment="altflip", shuffle=True, seed=3)
-    data.shuffle = shuffle
+    data = batches(64, batch_size=16, augment="altflip", shuffle=shuffle, seed=3)
 
     def mirrored(epoch: int) -> torch.Tensor:
         """Whether image i came mirrored in `epoch`, by its index."""

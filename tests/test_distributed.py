@@ -21,12 +21,12 @@ import pytest
 import torch
 
 from resnets.errors import UsageError
-from resnets.training import make_config, start_trainer
+from resnets.training import load_checkpoint, make_config, start_trainer
 
-from helpers import TINY, run_cli, synthetic_dataset, write_dataset
+from helpers import SRC, TINY, assert_same_weights, run_cli, synthetic_dataset, write_dataset
 
-SRC = Path(__file__).resolve().parents[1] / "src"
 TIMEOUT = 90  # seconds for one torchrun; a run here takes about 6
+PAIR = ("--standalone", "--nproc-per-node", "2")  # torchrun's options for 2 local processes
 
 # lr 0.01 and 2 steps an epoch: at lr 0.1 this tiny network's training amplifies float
 # rounding differences (even 1 process with and without channels-last) to 1e-2 within 4 steps,
@@ -37,7 +37,7 @@ FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in SETTINGS.items()]
 
 def launch(
     *argv: str, cwd: Path, script: Path | None = None,
-    launcher: tuple[str, ...] = ("--standalone", "--nproc-per-node", "2"),
+    launcher: tuple[str, ...] = PAIR,
 ) -> subprocess.Popen[str]:
     """`torchrun LAUNCHER (-m resnets | SCRIPT) ARGV`, started (not waited for)."""
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
@@ -60,11 +60,10 @@ def finish(process: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:
 
 
 def torchrun(
-    *argv: str, cwd: Path, script: Path | None = None, launcher: tuple[str, ...] | None = None
+    *argv: str, cwd: Path, script: Path | None = None, launcher: tuple[str, ...] = PAIR
 ) -> subprocess.CompletedProcess[str]:
-    """`torchrun --standalone --nproc-per-node 2 ...` (or LAUNCHER ...), run to its end."""
-    extra = {} if launcher is None else {"launcher": launcher}
-    return finish(launch(*argv, cwd=cwd, script=script, **extra))
+    """`torchrun LAUNCHER (-m resnets | SCRIPT) ARGV`, run to its end."""
+    return finish(launch(*argv, cwd=cwd, script=script, launcher=launcher))
 
 
 def wrapper(path: Path, patch: str) -> Path:
@@ -104,7 +103,7 @@ def two_process_run(data_dir: Path) -> Path:
 
 
 def weights(run: Path) -> dict[str, torch.Tensor]:
-    state = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
     return state["model"]  # type: ignore[no-any-return]
 
 
@@ -236,16 +235,15 @@ def test_a_killed_worker_is_restarted_and_ends_with_the_same_weights(
     run = tmp_path / "run"
     done = torchrun(
         *train_flags(data_dir, run, "--sync-bn", "--checkpoint-every=1"), cwd=tmp_path,
-        script=script, launcher=("--standalone", "--nproc-per-node", "2", "--max-restarts", "1"),
+        script=script, launcher=(*PAIR, "--max-restarts", "1"),
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert "exitcode: -9" in done.stderr  # the kill did happen
     assert "restart 1 of 1: continuing" in done.stdout + done.stderr
     assert "(epoch 2, after batch 1)" in done.stdout + done.stderr
     expected, restarted = weights(two_process_run), weights(run)
-    assert list(expected) == list(restarted)
-    for name, tensor in expected.items():
-        assert torch.equal(tensor, restarted[name]), name
+    assert list(expected) == list(restarted)  # the same names in the same order
+    assert_same_weights(expected, restarted)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["final_test_acc"] == json.loads(
         (two_process_run / "summary.json").read_text()
@@ -303,7 +301,7 @@ def test_sigterm_to_torchrun_saves_once_and_resumes(
     assert done.returncode != 0
     said = [line for line in done.stderr.splitlines() if "interrupted by SIGTERM" in line]
     assert len(said) == 1 and said[0].startswith("resnets: rank 0: "), done.stderr
-    state = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
     stopped = state["position"]["epoch"] * 2 + state["position"]["batch"]
     assert 1 <= stopped < 100
     code, _, err = run_cli(capsys, "train", "--resume", str(run), "--epochs", "2", "--quiet")
@@ -331,8 +329,9 @@ def test_the_first_process_of_a_machine_reads_the_data_before_the_others(
         "    return data\n"
         "factory.load_data = logged",
     )
-    flags = [f for f in train_flags(data_dir, tmp_path / "run", "--epochs=1") if f != "--no-verify"]
-    done = torchrun(*flags, "--no-verify", cwd=tmp_path, script=script)
+    done = torchrun(
+        *train_flags(data_dir, tmp_path / "run", "--epochs=1"), cwd=tmp_path, script=script
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert log.read_text().split("\n")[:4] == ["start 0 False", "end 0", "start 1 False", "end 1"]
 

@@ -60,16 +60,6 @@ def train_shapes(base: Path) -> Path:
     return base / "run"
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_shapes(tmp_path_factory.mktemp("predict"))
-
-
-@pytest.fixture(scope="module")
-def classifier(run_dir: Path) -> Classifier:
-    return Classifier.from_checkpoint(run_dir)
-
-
 def picture(size: tuple[int, int], mode: str, seed: int) -> Image.Image:
     """A noisy image with a bright square in a corner, in `mode`."""
     rng = np.random.default_rng(seed)
@@ -82,13 +72,19 @@ def picture(size: tuple[int, int], mode: str, seed: int) -> Image.Image:
     return image.convert(mode)
 
 
+def write_good(folder: Path) -> list[Path]:
+    """The GOOD files, written into `folder`, in GOOD's order."""
+    for seed, (name, (fmt, size, mode)) in enumerate(GOOD.items()):
+        picture(size, mode, seed).save(folder / name, fmt)
+    return [folder / name for name in GOOD]
+
+
 @pytest.fixture
 def images(tmp_path: Path) -> Path:
     """tmp_path/images/: the GOOD files, the BROKEN ones, a hidden image and a sub-folder."""
     folder = tmp_path / "images"
     folder.mkdir()
-    for seed, (name, (fmt, size, mode)) in enumerate(GOOD.items()):
-        picture(size, mode, seed).save(folder / name, fmt)
+    write_good(folder)
     whole = folder / "rgb.png"
     (folder / "truncated.png").write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     (folder / "text.jpg").write_text("not a picture\n")
@@ -114,10 +110,10 @@ def check_top(top: list[tuple[str, float]], k: int) -> None:
 
 @pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
 def test_cli_predicts_the_good_files_and_names_each_broken_one_once(
-    run_dir: Path, images: Path, capsys: pytest.CaptureFixture[str], as_json: bool
+    shapes_run: Path, images: Path, capsys: pytest.CaptureFixture[str], as_json: bool
 ) -> None:
     extra = ["--json"] if as_json else []
-    code, out, err = cli(capsys, "predict", str(run_dir), str(images), "--top-k", "2", *extra)
+    code, out, err = cli(capsys, "predict", str(shapes_run), str(images), "--top-k", "2", *extra)
     assert code == 2
     lines = err.splitlines()
     assert len(lines) == len(BROKEN) and "Traceback" not in err
@@ -139,12 +135,12 @@ def test_cli_predicts_the_good_files_and_names_each_broken_one_once(
 
 
 def test_cli_text_and_json_say_the_same(
-    run_dir: Path, images: Path, capsys: pytest.CaptureFixture[str]
+    shapes_run: Path, images: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     files = [str(images / name) for name in GOOD]
-    code, text, _ = cli(capsys, "predict", str(run_dir), *files)
+    code, text, _ = cli(capsys, "predict", str(shapes_run), *files)
     assert code == 0
-    code, out, _ = cli(capsys, "predict", str(run_dir), *files, "--json", "--top-k", "9")
+    code, out, _ = cli(capsys, "predict", str(shapes_run), *files, "--json", "--top-k", "9")
     assert code == 0
     results = json.loads(out)
     assert [r["file"] for r in results] == files  # in the order given
@@ -163,12 +159,12 @@ def test_cli_text_and_json_say_the_same(
     ids=["folder-without-images", "missing-file"],
 )
 def test_cli_nothing_readable_is_one_line_and_exit_2(
-    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], says: str
+    shapes_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], says: str
 ) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("no images here")
     paths = [a.format(empty=tmp_path / "empty", missing=tmp_path / "no.png") for a in argv]
-    code, out, err = cli(capsys, "predict", str(run_dir), *paths)
+    code, out, err = cli(capsys, "predict", str(shapes_run), *paths)
     assert code == 2 and out == ""
     assert len(err.splitlines()) == 1 and says in err and paths[0] in err
 
@@ -187,8 +183,8 @@ def test_cli_a_bad_checkpoint_is_one_line_and_exit_2(
 # -- the library ----------------------------------------------------------------------------
 
 
-def test_three_lines_of_user_code(run_dir: Path, images: Path) -> None:
-    clf = resnets.Classifier.from_checkpoint(run_dir)
+def test_three_lines_of_user_code(shapes_run: Path, images: Path) -> None:
+    clf = resnets.Classifier.from_checkpoint(shapes_run)
     result = clf.predict([images / "rgb.png"])[0]
     assert isinstance(result, resnets.Prediction)
     assert str(result).startswith(f"{images / 'rgb.png'}: {result.label} ")
@@ -196,20 +192,24 @@ def test_three_lines_of_user_code(run_dir: Path, images: Path) -> None:
     assert clf.predict(str(images / "rgb.png")) == [result]  # one path, not a list of letters
 
 
-def test_probabilities_are_the_softmax_of_the_model(classifier: Classifier, images: Path) -> None:
+def test_probabilities_are_the_softmax_of_the_model(
+    shapes_classifier: Classifier, images: Path
+) -> None:
     files = [images / name for name in GOOD]
-    everything = classifier.predict(files, top_k=len(CLASSES), batch_size=3)
-    pixels = torch.stack([classifier.decode(f) for f in files])
-    model = load_network(classifier.network.source).build()
+    everything = shapes_classifier.predict(files, top_k=len(CLASSES), batch_size=3)
+    pixels = torch.stack([shapes_classifier.decode(f) for f in files])
+    model = load_network(shapes_classifier.network.source).build()
     with torch.no_grad():
-        expected = model(network_input(pixels, classifier.spec, classifier.image_size)).softmax(1)
+        expected = model(
+            network_input(pixels, shapes_classifier.spec, shapes_classifier.image_size)
+        ).softmax(1)
     for result, row in zip(everything, expected, strict=True):
         check_top(list(result.top), len(CLASSES))
         got = torch.tensor([p for _, p in sorted(result.top, key=lambda t: CLASSES.index(t[0]))])
         torch.testing.assert_close(got, row, rtol=0, atol=1e-6)
         assert abs(sum(p for _, p in result.top) - 1) < 1e-5
     assert expected.min() > 1e-4  # the probabilities are not all 0 or 1
-    top2 = classifier.predict(files, top_k=2)
+    top2 = shapes_classifier.predict(files, top_k=2)
     assert [r.top for r in top2] == [r.top[:2] for r in everything]
 
 
@@ -217,51 +217,51 @@ def test_probabilities_are_the_softmax_of_the_model(classifier: Classifier, imag
 # a Pillow image is taken as it is, so gray.jpg (64x48 for 16 px) is predicted a little apart.
 @pytest.mark.parametrize("name", [name for name in GOOD if name != "gray.jpg"])
 def test_a_pillow_image_is_predicted_as_its_file(
-    classifier: Classifier, images: Path, name: str
+    shapes_classifier: Classifier, images: Path, name: str
 ) -> None:
-    from_file = classifier.predict([images / name])[0]
+    from_file = shapes_classifier.predict([images / name])[0]
     with Image.open(images / name) as opened:
-        from_image = classifier.predict([opened])[0]
-        in_memory = classifier.predict([opened.copy()])[0]  # no filename
+        from_image = shapes_classifier.predict([opened])[0]
+        in_memory = shapes_classifier.predict([opened.copy()])[0]  # no filename
     assert from_image == from_file
     assert in_memory.source == "<image 0>" and in_memory.top == from_file.top
 
 
 @pytest.mark.parametrize("source", ["run", "pt", "safetensors"])
 def test_run_folder_checkpoint_and_safetensors_predict_the_same(
-    run_dir: Path, images: Path, tmp_path: Path, classifier: Classifier, source: str
+    shapes_run: Path, images: Path, tmp_path: Path, shapes_classifier: Classifier, source: str
 ) -> None:
     path = {
-        "run": run_dir,
-        "pt": run_dir / "checkpoints" / "best.pt",
+        "run": shapes_run,
+        "pt": shapes_run / "checkpoints" / "best.pt",
         "safetensors": tmp_path / "net.safetensors",
     }[source]
     if source == "safetensors":
-        save_safetensors(load_network(run_dir), path)
+        save_safetensors(load_network(shapes_run), path)
     files = [images / name for name in GOOD]
-    assert Classifier.from_checkpoint(path).predict(files, top_k=3) == classifier.predict(
+    assert Classifier.from_checkpoint(path).predict(files, top_k=3) == shapes_classifier.predict(
         files, top_k=3
     )
 
 
 @pytest.mark.parametrize("name", BROKEN + ("missing.png",))
 def test_a_broken_file_raises_one_line_naming_it(
-    classifier: Classifier, images: Path, name: str
+    shapes_classifier: Classifier, images: Path, name: str
 ) -> None:
     with pytest.raises(ImageError) as caught:
-        classifier.predict([images / "rgb.png", images / name])
+        shapes_classifier.predict([images / "rgb.png", images / name])
     message = str(caught.value)
     assert message.startswith(f"{images / name}: ") and "\n" not in message
     errors: list[ImageError] = []
-    kept = classifier.predict([images / name, images / "rgb.png"], on_error=errors.append)
+    kept = shapes_classifier.predict([images / name, images / "rgb.png"], on_error=errors.append)
     assert [r.source for r in kept] == [str(images / "rgb.png")]
     assert [str(e) for e in errors] == [message]
 
 
-def test_predicting_a_split_gives_the_logits_of_evaluation(run_dir: Path) -> None:
+def test_predicting_a_split_gives_the_logits_of_evaluation(shapes_run: Path) -> None:
     """The test split's uint8 images, as Pillow images through the Classifier, against the
     same images through DeviceBatches and the network as `resnets eval` builds it."""
-    file, state, config = eval_config(run_dir)
+    file, state, config = eval_config(shapes_run)
     data = factory.load_data(config, quiet=True)
     clf = Classifier.from_checkpoint(file)
     assert data.spec == clf.spec
@@ -290,20 +290,20 @@ def test_predicting_a_split_gives_the_logits_of_evaluation(run_dir: Path) -> Non
 # -- evaluation's picture ---------------------------------------------------------------------
 
 
-def test_eval_draws_predictions_png(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    (run_dir / "predictions.png").unlink(missing_ok=True)
-    code, out, err = cli(capsys, "eval", str(run_dir))
+def test_eval_draws_predictions_png(shapes_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (shapes_run / "predictions.png").unlink(missing_ok=True)
+    code, out, err = cli(capsys, "eval", str(shapes_run))
     assert code == 0, err
-    picture = run_dir / "predictions.png"
-    assert f"wrote {run_dir / 'confusion.png'} and {picture}" in out
+    picture = shapes_run / "predictions.png"
+    assert f"wrote {shapes_run / 'confusion.png'} and {picture}" in out
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(picture) as image:
         assert image.width > 400 and image.height > 100
-    assert not list(run_dir.glob(".*.tmp"))
+    assert not list(shapes_run.glob(".*.tmp"))
 
 
-def test_keeping_predictions_leaves_the_evaluation_numbers_alone(run_dir: Path) -> None:
-    file, state, config = eval_config(run_dir)
+def test_keeping_predictions_leaves_the_evaluation_numbers_alone(shapes_run: Path) -> None:
+    file, state, config = eval_config(shapes_run)
     data = factory.load_data(config, quiet=True)
     model, _ = model_from_checkpoint(state, file)
     batches = DeviceBatches(data.test, spec=data.spec, batch_size=4, image_size=config.image_size)
@@ -328,8 +328,8 @@ def test_the_picture_shows_the_most_confident_mistakes_first() -> None:
     assert pick_examples(true, predicted, confidence, count=2) == [3, 1]
 
 
-def test_a_prediction_as_json(classifier: Classifier, images: Path) -> None:
-    result = classifier.predict([images / "gray.png"], top_k=2)[0]
+def test_a_prediction_as_json(shapes_classifier: Classifier, images: Path) -> None:
+    result = shapes_classifier.predict([images / "gray.png"], top_k=2)[0]
     assert result.to_dict() == {
         "file": str(images / "gray.png"),
         "predictions": [{"class": c, "probability": p} for c, p in result.top],

@@ -9,6 +9,7 @@ go (`Gate`); the server's code is the one that ships.
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import os
 import re
@@ -37,17 +38,17 @@ for _module, _why in (("fastapi", "FastAPI"), ("uvicorn", "uvicorn"),
 
 import uvicorn  # noqa: E402
 from test_end_to_end import CLASSES  # noqa: E402
-from test_predict import GOOD, picture, train_shapes  # noqa: E402
+from test_predict import picture, write_good  # noqa: E402
 
+import resnets  # noqa: E402
 from resnets.cli import build_parser  # noqa: E402
 from resnets.predict import Classifier  # noqa: E402
 from resnets.serve import Limits, create_app, listen  # noqa: E402
 from resnets.weights import load_network  # noqa: E402
 
-from helpers import run_cli  # noqa: E402
+from helpers import SRC, run_cli  # noqa: E402
 
 TIMEOUT = 20.0  # seconds any one request, start or stop may take before the test fails
-SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 # -- a real server and a real client --------------------------------------------------------
@@ -133,28 +134,15 @@ def same(answer: dict[str, Any], expected: list[tuple[str, float]]) -> None:
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_shapes(tmp_path_factory.mktemp("serve"))
-
-
-@pytest.fixture(scope="module")
-def classifier(run_dir: Path) -> Classifier:
-    return Classifier.from_checkpoint(run_dir)
-
-
-@pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """test_predict's good files: PNG, JPEG, BMP and WebP of several sizes and modes."""
-    folder = tmp_path_factory.mktemp("images")
-    for seed, (name, (fmt, size, mode)) in enumerate(GOOD.items()):
-        picture(size, mode, seed).save(folder / name, fmt)
-    return [folder / name for name in GOOD]
+    return write_good(tmp_path_factory.mktemp("images"))
 
 
 @pytest.fixture(scope="module")
-def port(classifier: Classifier) -> Iterator[int]:
+def port(shapes_classifier: Classifier) -> Iterator[int]:
     """One server with the default settings, for the tests that do not change them."""
-    with running(create_app(classifier)) as port:
+    with running(create_app(shapes_classifier)) as port:
         yield port
 
 
@@ -177,9 +165,9 @@ class Gate(nn.Module):
 
 
 @pytest.fixture
-def gated(run_dir: Path) -> Iterator[tuple[Classifier, Gate]]:
+def gated(shapes_run: Path) -> Iterator[tuple[Classifier, Gate]]:
     """A classifier of the same run whose batches wait for `gate.opened`."""
-    slow = Classifier(load_network(run_dir))
+    slow = Classifier(load_network(shapes_run))
     gate = Gate(slow.model)
     slow.model = gate
     yield slow, gate
@@ -190,12 +178,12 @@ def gated(run_dir: Path) -> Iterator[tuple[Classifier, Gate]]:
 
 
 def test_predictions_equal_classifier_predict(
-    port: int, classifier: Classifier, files: list[Path]
+    port: int, shapes_classifier: Classifier, files: list[Path]
 ) -> None:
     status, _, body = post_files(port, files, "?top_k=2")
     assert status == 200, body
-    expected = classifier.predict(files, top_k=2)
-    assert body["model"] == classifier.network.model_name and body["time_ms"] > 0
+    expected = shapes_classifier.predict(files, top_k=2)
+    assert body["model"] == shapes_classifier.network.model_name and body["time_ms"] > 0
     assert [r["file"] for r in body["results"]] == [p.name for p in files]
     for answer, prediction in zip(body["results"], expected, strict=True):
         same(answer, list(prediction.top))
@@ -204,37 +192,37 @@ def test_predictions_equal_classifier_predict(
 
 @pytest.mark.parametrize("name", ["rgb.png", "gray.jpg", "rgb.webp"])
 def test_a_raw_image_body_is_predicted_as_the_file(
-    port: int, classifier: Classifier, files: list[Path], name: str
+    port: int, shapes_classifier: Classifier, files: list[Path], name: str
 ) -> None:
     path = next(p for p in files if p.name == name)
     kind = {".png": "image/png", ".jpg": "image/jpeg", ".webp": "image/webp"}[path.suffix]
     status, _, body = call(port, "POST", "/predict", path.read_bytes(), {"Content-Type": kind})
     assert status == 200, body
     assert len(body["results"]) == 1 and body["results"][0]["file"] == "<image 0>"
-    same(body["results"][0], list(classifier.predict(path, top_k=len(CLASSES))[0].top))
+    same(body["results"][0], list(shapes_classifier.predict(path, top_k=len(CLASSES))[0].top))
 
 
-def test_a_file_name_is_only_a_label(port: int, classifier: Classifier, files: list[Path]) -> None:
+def test_a_file_name_is_only_a_label(
+    port: int, shapes_classifier: Classifier, files: list[Path]
+) -> None:
     """The name a client gives is echoed, never opened: the bytes sent are what is predicted."""
     body, headers = multipart([("/etc/hostname", files[1].read_bytes())])
     status, _, answer = call(port, "POST", "/predict", body, headers)
     assert status == 200 and answer["results"][0]["file"] == "/etc/hostname"
-    same(answer["results"][0], list(classifier.predict(files[1])[0].top))
+    same(answer["results"][0], list(shapes_classifier.predict(files[1])[0].top))
     raw = {"Content-Type": "image/png"}
     status, _, answer = call(port, "POST", "/predict", b"/etc/hostname", raw)
     assert status == 415 and "not an image" in answer["error"]
 
 
-def test_info_health_page_and_schema(port: int, classifier: Classifier) -> None:
+def test_info_health_page_and_schema(port: int, shapes_classifier: Classifier) -> None:
     status, _, info = call(port, "GET", "/info")
     assert status == 200
-    assert info["model"] == classifier.network.model_name
-    assert info["classes"] == list(CLASSES) and info["dataset"] == classifier.spec.name
-    assert info["parameters"] == sum(p.numel() for p in classifier.model.parameters())
-    assert info["input"]["channels"] == 3 and info["input"]["size"] == classifier.spec.size
-    assert info["limits"] == {**Limits().__dict__}
-    import resnets
-
+    assert info["model"] == shapes_classifier.network.model_name
+    assert info["classes"] == list(CLASSES) and info["dataset"] == shapes_classifier.spec.name
+    assert info["parameters"] == sum(p.numel() for p in shapes_classifier.model.parameters())
+    assert info["input"]["channels"] == 3 and info["input"]["size"] == shapes_classifier.spec.size
+    assert info["limits"] == Limits().__dict__
     assert info["version"] == resnets.__version__
     status, headers, page = call(port, "GET", "/")
     assert status == 200 and headers["content-type"].startswith("text/html")
@@ -275,14 +263,14 @@ def test_concurrent_requests_are_batched_and_answer_as_single_ones(
 
 
 def test_a_request_larger_than_max_batch_is_split(
-    gated: tuple[Classifier, Gate], classifier: Classifier, files: list[Path]
+    gated: tuple[Classifier, Gate], shapes_classifier: Classifier, files: list[Path]
 ) -> None:
     slow, gate = gated
     gate.opened.set()
     with running(create_app(slow, max_batch=3)) as port:
         status, _, body = post_files(port, files)
     assert status == 200 and gate.batches == [3, 3, 2]
-    for answer, prediction in zip(body["results"], classifier.predict(files), strict=True):
+    for answer, prediction in zip(body["results"], shapes_classifier.predict(files), strict=True):
         same(answer, list(prediction.top))
 
 
@@ -339,8 +327,6 @@ def png_header(width: int, height: int) -> bytes:
 
 
 def encoded(image: Image.Image, fmt: str) -> bytes:
-    import io
-
     buffer = io.BytesIO()
     image.save(buffer, fmt)
     return buffer.getvalue()
@@ -392,8 +378,8 @@ BAD: dict[str, tuple[str, str, Any, dict[str, str], int, str]] = {
 
 
 @pytest.fixture(scope="module")
-def strict_port(classifier: Classifier) -> Iterator[int]:
-    with running(create_app(classifier, **SMALL_LIMITS)) as port:
+def strict_port(shapes_classifier: Classifier) -> Iterator[int]:
+    with running(create_app(shapes_classifier, **SMALL_LIMITS)) as port:
         yield port
 
 
@@ -444,10 +430,10 @@ def test_the_command_line_defaults_are_the_librarys() -> None:
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_resnets_serve_answers_then_stops_cleanly(
-    run_dir: Path, files: list[Path], stop: signal.Signals
+    shapes_run: Path, files: list[Path], stop: signal.Signals
 ) -> None:
     env = {**os.environ, "PYTHONPATH": str(SRC)}
-    command = [sys.executable, "-m", "resnets", "serve", str(run_dir), "--port", "0",
+    command = [sys.executable, "-m", "resnets", "serve", str(shapes_run), "--port", "0",
                "--device", "cpu", "--max-batch", "4"]  # fmt: skip
     with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True) as process:  # fmt: skip
@@ -469,20 +455,22 @@ def test_resnets_serve_answers_then_stops_cleanly(
                 process.kill()
 
 
-def test_a_port_in_use_is_one_line(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_port_in_use_is_one_line(shapes_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with listen("127.0.0.1", 0) as taken:
         port = str(taken.getsockname()[1])
-        code, out, err = run_cli(capsys, "serve", str(run_dir), "--port", port, "--device", "cpu")
+        code, out, err = run_cli(
+            capsys, "serve", str(shapes_run), "--port", port, "--device", "cpu"
+        )
     assert code == 2 and out == "" and len(err.splitlines()) == 1
     assert f"cannot listen on 127.0.0.1:{port}" in err and "--port" in err
 
 
 def test_without_the_serve_extra_the_error_names_it(
-    run_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    shapes_run: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "fastapi", None)  # `import fastapi` now fails
     monkeypatch.delitem(sys.modules, "resnets.serve")
-    code, out, err = run_cli(capsys, "serve", str(run_dir))
+    code, out, err = run_cli(capsys, "serve", str(shapes_run))
     assert code == 2 and out == "" and len(err.splitlines()) == 1
     assert "pip install 'resnets[serve]'" in err and "fastapi" in err
 
@@ -493,7 +481,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def test_the_page_shows_the_top_class_of_an_uploaded_png(
-    port: int, classifier: Classifier, files: list[Path], tmp_path: Path
+    port: int, shapes_classifier: Classifier, files: list[Path], tmp_path: Path
 ) -> None:
     sync_api = pytest.importorskip(
         "playwright.sync_api", reason="playwright is missing: pip install 'resnets[test]'"
@@ -501,7 +489,7 @@ def test_the_page_shows_the_top_class_of_an_uploaded_png(
     if CHROMIUM is None:
         pytest.skip("Chromium is not installed (apt-get install chromium)")
     png = next(p for p in files if p.name == "rgb.png")
-    expected = classifier.predict(png)[0]
+    expected = shapes_classifier.predict(png)[0]
     not_png = tmp_path / "notes.png"
     not_png.write_text("not a picture")
     with sync_api.sync_playwright() as playwright:

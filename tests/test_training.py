@@ -34,7 +34,7 @@ from resnets.training.loop import elapsed_so_far, seconds_since_process_start
 from resnets.training.recorder import METRICS
 from resnets.training.step import ExchangeOutOfMemory, train_step
 
-from helpers import TINY, synthetic_dataset, write_dataset
+from helpers import TINY, assert_same_weights, synthetic_dataset, write_dataset
 
 DATA = synthetic_dataset()
 
@@ -42,12 +42,6 @@ DATA = synthetic_dataset()
 def trainer(tmp_path: Path, name: str = "run", **settings: Any) -> Trainer:
     config = make_config(overrides={**TINY, **settings})
     return build_trainer(config, data=DATA, run_dir=tmp_path / name, quiet=True, log=lambda _: None)
-
-
-def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
 
 
 def test_training_learns_and_writes_the_run_folder(tmp_path: Path) -> None:
