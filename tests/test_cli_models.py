@@ -99,3 +99,12 @@ def test_console_script_entry_point() -> None:
     )
     assert result.returncode == 2
     assert result.stderr.startswith("resnets: error: unknown model")
+
+
+def test_output_into_a_closed_pipe_ends_quietly() -> None:
+    """`resnets models | true`: the reader is gone before anything is written; no error line,
+    no traceback, and the exit status a shell gives a writer stopped by SIGPIPE."""
+    command = f"{sys.executable} -m resnets.cli models | true"
+    done = subprocess.run(["bash", "-c", f"{command}; echo ${{PIPESTATUS[0]}} >&2"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.stderr.strip() == "141", done.stderr

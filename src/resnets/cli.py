@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import os
 import re
 import sys
 import time
@@ -552,7 +554,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # under torchrun each process speaks for itself, so its rank comes first
     who = f"rank {place.rank}: " if place.world > 1 else ""
     try:
-        return args.handler(args)
+        code = args.handler(args)
+        sys.stdout.flush()  # a reader that went away shows here, not in Python's exit
+        return code
     except ResnetsError as error:
         if args.debug:
             raise
@@ -578,12 +582,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"resnets: {who}{error or 'interrupted'}", file=sys.stderr)
         return getattr(error, "exit_code", 130)
+    except BrokenPipeError:  # the reader of our output went away (`resnets eval R | head`)
+        _stdout_to_devnull()
+        return 141  # as a shell reports a pipeline's writer stopped by SIGPIPE
     except OSError as error:  # a file we did not expect to fail (a cache, a download folder)
         if args.debug:
             raise
         where = f"{error.filename}: " if error.filename else ""
         print(f"resnets: error: {who}{where}{error.strerror or error}", file=sys.stderr)
         return 1
+
+
+def _stdout_to_devnull() -> None:
+    """Point standard output at /dev/null, so Python's flush at exit does not hit the closed
+    pipe again and print a traceback of its own."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # a test's captured output
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _collective_gist(error: BaseException) -> str:
