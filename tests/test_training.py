@@ -70,10 +70,11 @@ def test_training_learns_and_writes_the_run_folder(tmp_path: Path) -> None:
     assert (folder / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_resume_is_bitwise_identical(tmp_path: Path) -> None:
-    straight = trainer(tmp_path, "straight", epochs=2, augment="crop+flip")
+@pytest.mark.parametrize("augment", ["crop+flip", "crop+altflip"])
+def test_resume_is_bitwise_identical(tmp_path: Path, augment: str) -> None:
+    straight = trainer(tmp_path, "straight", epochs=2, augment=augment)
     straight.fit()
-    first = trainer(tmp_path, "resumed", epochs=1, augment="crop+flip")
+    first = trainer(tmp_path, "resumed", epochs=1, augment=augment)
     first.fit()
     resumed = resume_trainer(tmp_path / "resumed", {"epochs": 2}, data=DATA, quiet=True)
     resumed.fit()
