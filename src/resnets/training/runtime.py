@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import resource
 import sys
 from collections.abc import Iterator
@@ -66,14 +67,34 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+# oneDNN's instruction-set caps (ONEDNN_MAX_CPU_ISA) under which it has no native bf16 kernel,
+# and ATen's (ATEN_CPU_CAPABILITY): either set to these runs the AVX2 kernels on any CPU.
+_NO_BF16_ISAS = {"sse41", "avx", "avx2", "avx2_vnni", "avx512_core", "avx512_core_vnni"}
+_NO_BF16_CAPABILITIES = {"default", "avx2"}
+
+
 @cache
 def cpu_has_native_bf16() -> bool:
-    """True on CPUs with AVX-512 BF16 or AMX, where oneDNN runs bf16 convolutions natively."""
+    """True on CPUs with AVX-512 BF16 or AMX, where oneDNN runs bf16 convolutions natively.
+
+    Elsewhere bf16 is emulated and many times slower than fp32. The environment variables
+    that cap the kernels (as used to run the AVX2 path on an AVX-512 machine) count too.
+    """
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").lower() in _NO_BF16_ISAS:
+        return False
+    if os.environ.get("ATEN_CPU_CAPABILITY", "").lower() in _NO_BF16_CAPABILITIES:
+        return False
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         return sys.platform == "darwin" and torch.backends.mps.is_available()
     return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def cpu_kernels() -> str:
+    """The instruction set ATen's CPU kernels run with here (AVX512, AVX2, ...), and bf16's way."""
+    bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16"
+    return f"{torch.backends.cpu.get_cpu_capability()}, {bf16}"
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
