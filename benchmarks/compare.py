@@ -2,10 +2,11 @@
 
 Runs benchmarks/reference.py and `resnets bench` (each in its own process, so peak memory is
 each one's own), and prints every figure with the ratio. Then the physical bound: the best
-GFLOP/s of a few dense probes (square matrix products and one 3x3 convolution) in float32, and
-in bfloat16 only where this CPU computes it natively (elsewhere it is emulated, one 2048
-matrix product taking minutes, and no training would choose it), and the share of it that the training step reaches, for the chapter's network and
-the `fast` recipe's. Times vary on shared machines: compare ratios taken in the same run.
+GFLOP/s of a few dense probes (square matrix products and one 3x3 convolution) in float32,
+and in bfloat16 only where this CPU computes it natively (elsewhere it is emulated, one 2048
+matrix product taking about a minute, and no training would choose it), and the share of it
+that the training step reaches, for the chapter's network and the `fast` recipe's.
+Times vary on shared machines: compare ratios taken in the same run.
 
     python benchmarks/compare.py                      # d2l_resnet18, 96x96, batch 256
     python benchmarks/compare.py --steps 10 --json out.json
