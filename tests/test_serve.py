@@ -36,14 +36,13 @@ for _module, _why in (("fastapi", "FastAPI"), ("uvicorn", "uvicorn"),
                       ("python_multipart", "python-multipart")):  # fmt: skip
     pytest.importorskip(_module, reason=f"{_why} is missing: pip install 'resnets[serve]'")
 
-import uvicorn  # noqa: E402
 from test_end_to_end import CLASSES  # noqa: E402
 from test_predict import picture, write_good  # noqa: E402
 
 import resnets  # noqa: E402
 from resnets.cli import build_parser  # noqa: E402
 from resnets.predict import Classifier  # noqa: E402
-from resnets.serve import Limits, create_app, listen  # noqa: E402
+from resnets.serve import Limits, create_app, listen, make_server  # noqa: E402
 from resnets.weights import load_network  # noqa: E402
 
 from helpers import SRC, run_cli  # noqa: E402
@@ -58,8 +57,7 @@ TIMEOUT = 20.0  # seconds any one request, start or stop may take before the tes
 def running(app: Any) -> Iterator[int]:
     """uvicorn serving `app` on a free loopback port in a thread; yields the port."""
     sock = listen("127.0.0.1", 0)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2)
-    server = uvicorn.Server(config)
+    server = make_server(app, grace_s=2)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:

@@ -174,10 +174,15 @@ def _serve(args: argparse.Namespace) -> int:
     from resnets.serve import serve  # noqa: PLC0415 (FastAPI and uvicorn: the serve extra)
 
     classifier = Classifier.from_checkpoint(args.checkpoint, resolve_device(args.device))
-    limits = {name: getattr(args, name) for name in (
-        "max_batch", "max_wait_ms", "max_images", "max_bytes", "max_pixels", "queue_limit",
-        "top_k")}  # fmt: skip
-    serve(classifier, args.host, args.port, lambda line: print(line, flush=True), **limits)
+    from resnets.serve import Limits  # noqa: PLC0415
+
+    limits = {name: getattr(args, name) for name in Limits.__dataclass_fields__}
+    token = args.token or os.environ.get("RESNETS_SERVE_TOKEN") or None
+    serve(
+        classifier, args.host, args.port, lambda line: print(line, flush=True), token=token,
+        no_auth=args.no_auth, allowed_hosts=args.allowed_host, cors_origins=args.cors_origin,
+        **limits,
+    )  # fmt: skip
     return 0
 
 
@@ -311,6 +316,16 @@ def _milliseconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected milliseconds, not {text!r}") from None
     if not 0 <= value <= 60_000:
         raise argparse.ArgumentTypeError(f"expected 0 to 60000 milliseconds, not {text}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, not {text!r}") from None
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"expected 0 < seconds <= 3600, not {text}")
     return value
 
 
@@ -479,6 +494,30 @@ def build_parser() -> argparse.ArgumentParser:
                        "answered 503 with Retry-After")  # fmt: skip
     serve.add_argument("--top-k", type=_positive_int, default=5, metavar="K",
                        help="classes per image unless a request asks for ?top_k=K (5)")
+    serve.add_argument("--read-timeout", type=_seconds, default=30.0, metavar="S",
+                       help="seconds a request's headers may take, and again its whole body "
+                       "(30); slower: 408")  # fmt: skip
+    serve.add_argument("--max-bytes-in-flight", type=_byte_size, default=256 * 2**20,
+                       metavar="SIZE", help="body bytes held for all requests together "
+                       "(256MiB); more: 503")  # fmt: skip
+    serve.add_argument("--max-decoded-bytes", type=_byte_size, default=256 * 2**20,
+                       metavar="SIZE", help="decoded size (pixels x bytes per pixel) of one "
+                       "request's images (256MiB); more: 413")  # fmt: skip
+    serve.add_argument("--max-connections", type=_positive_int, default=512, metavar="N",
+                       help="open connections (512); one more is answered 503 and closed")
+    serve.add_argument("--keep-alive", type=_seconds, default=5.0, metavar="S",
+                       help="seconds an idle connection stays open between requests (5)")
+    serve.add_argument("--token", default=None,
+                       help="require `Authorization: Bearer TOKEN` on /predict and /info "
+                       "(default: $RESNETS_SERVE_TOKEN; none on loopback)")  # fmt: skip
+    serve.add_argument("--no-auth", action="store_true",
+                       help="serve a non-loopback --host without a token, on purpose")
+    serve.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                       help="a Host name answered besides localhost, 127.0.0.1 and [::1] "
+                       "(repeatable); others: 421")  # fmt: skip
+    serve.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                       help="a web origin (https://app.example) whose pages may call the API "
+                       "(repeatable; default none)")  # fmt: skip
     serve.set_defaults(handler=_serve)
 
     bench = commands.add_parser(

@@ -1,24 +1,32 @@
-"""The FastAPI application: routes, the schema of /predict, and every refusal as JSON."""
+"""The FastAPI application: routes, the schema of every answer, and every refusal as JSON
+`{"error": "...", "status": N}`."""
 
 from __future__ import annotations
 
 import contextlib
+import io
+import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import asdict
 from importlib import resources
 from typing import Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from PIL import Image, ImageDraw
 from starlette.exceptions import HTTPException
 
 from resnets.errors import one_line
 from resnets.predict import Classifier
-from resnets.serve.decoding import FORMATS
+from resnets.serve.admission import Admission
+from resnets.serve.auth import LOOPBACK_NAMES, Guard, page_policy
+from resnets.serve.decoding import FORMATS, Decoder
 from resnets.serve.limits import NAME_LIMIT, ClientError, Limits
-from resnets.serve.uploads import read_uploads
+from resnets.serve.schema import HEALTH_RESPONSES, INFO_RESPONSES, PREDICT_EXTRA
+from resnets.serve.uploads import Held, read_uploads
 from resnets.serve.worker import Batcher
 
 
@@ -26,52 +34,58 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return JSONResponse({"error": message, "status": status}, status, headers=headers)
 
 
-_PREDICT_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {"file": {"type": "array",
-                                            "items": {"type": "string", "format": "binary"}}},
-                    "required": ["file"],
-                }
-            },
-            "image/*": {"schema": {"type": "string", "format": "binary"}},
-        },
-    }
-}  # fmt: skip
+def _icon() -> bytes:
+    """A 16x16 favicon drawn here (three bars, the page's colour), so /favicon.ico is no 404."""
+    image = Image.new("RGBA", (16, 16), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(image)
+    for row, width in enumerate((14, 9, 5)):
+        draw.rectangle((1, 2 + 5 * row, width, 4 + 5 * row), fill=(59, 111, 216, 255))
+    buffer = io.BytesIO()
+    image.save(buffer, "ICO", sizes=[(16, 16)])
+    return buffer.getvalue()
+
+
+def _top_k(request: Request, default: int) -> int:
+    values = request.query_params.getlist("top_k")
+    if not values:
+        return default
+    if len(values) > 1 or not re.fullmatch(r"[0-9]{1,9}", values[0]) or int(values[0]) < 1:
+        raise ClientError(400, f"top_k {values[-1][:20]!r}: give one whole number, 1 or more")
+    return int(values[0])
 
 
 def create_app(
     classifier: Classifier,
     *,
-    max_batch: int = Limits.max_batch,
-    max_wait_ms: float = Limits.max_wait_ms,
-    max_images: int = Limits.max_images,
-    max_bytes: int = Limits.max_bytes,
-    max_pixels: int = Limits.max_pixels,
-    queue_limit: int = Limits.queue_limit,
-    top_k: int = Limits.top_k,
+    token: str | None = None,
+    allowed_hosts: Iterable[str] | None = LOOPBACK_NAMES,
+    cors_origins: Iterable[str] = (),
+    **limits: Any,
 ) -> FastAPI:
-    """The FastAPI application serving `classifier` (see the module's docstring). The batching
-    worker starts and stops with the application's lifespan."""
-    limits = Limits(max_batch, max_wait_ms, max_images, max_bytes, max_pixels, queue_limit, top_k)
+    """The FastAPI application serving `classifier` (see the package's docstring); `limits`
+    are Limits' fields. `token`: /predict and /info need it as a bearer token.
+    `allowed_hosts`: the Host names answered (None: any; the default suits a loopback bind).
+    `cors_origins`: web origins allowed to call the API from a browser (none by default).
+    The decoding threads and the batching worker start and stop with the app's lifespan."""
+    settings = Limits(**limits)
     page = resources.files("resnets").joinpath("static/index.html").read_text("utf-8")
+    icon = _icon()
     network = classifier.network
     parameters = sum(p.numel() for p in classifier.model.parameters())
-    state: dict[str, Batcher] = {}
+    admission = Admission(settings)
+    parts: dict[str, Any] = {}
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        batcher = Batcher(classifier, limits)
+        decoder = Decoder(classifier, settings)
+        batcher = Batcher(classifier, settings, admission.counts)
         batcher.start()
-        state["batcher"] = batcher
+        parts.update(decoder=decoder, batcher=batcher)
         try:
             yield
         finally:
             await batcher.stop()
+            decoder.shutdown()
 
     # No /docs or /redoc: FastAPI's pages load their scripts from a CDN, and nothing this
     # server shows may need the internet. The schema itself is at /openapi.json.
@@ -80,6 +94,16 @@ def create_app(
         description=f"{network.model_name} trained on {classifier.spec.name}: POST images to "
         "/predict for their most probable classes.",
     )  # fmt: skip
+    app.state.admission = admission  # the server ends bodies still being read when it stops
+    app.add_middleware(
+        Guard, token=token, allowed_hosts=allowed_hosts, page_policy=page_policy(page)
+    )
+    origins = list(cors_origins)
+    if origins:  # outermost, so a browser's preflight is answered before the token is asked
+        app.add_middleware(
+            CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )  # fmt: skip
 
     @app.exception_handler(ClientError)
     async def refused(_: Request, error: ClientError) -> JSONResponse:
@@ -94,9 +118,8 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, error: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()
-        )
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                             for e in error.errors())  # fmt: skip
         return _error(400, problems)
 
     @app.exception_handler(Exception)
@@ -107,19 +130,28 @@ def create_app(
     async def index() -> HTMLResponse:
         return HTMLResponse(page)
 
-    @app.get("/health")
-    async def health() -> dict[str, Any]:
-        """Answers at once, even while a batch runs: what is in the server now."""
-        batcher = state["batcher"]
-        counts = batcher.counts
-        return {
-            "status": "ok", "in_server": counts.admitted, "waiting": batcher.queue.qsize(),
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> Response:
+        return Response(icon, media_type="image/x-icon",
+                        headers={"Cache-Control": "max-age=86400"})  # fmt: skip
+
+    @app.get("/health", responses=HEALTH_RESPONSES)
+    async def health() -> JSONResponse:
+        """Answers at once, even while a batch runs: what is in the server now; 503 when the
+        batching worker has stopped (the server cannot answer /predict)."""
+        batcher: Batcher = parts["batcher"]
+        counts = admission.counts
+        body = {
+            "status": "ok" if batcher.alive else "the batching worker has stopped",
+            "in_server": counts.admitted, "bytes_in_flight": counts.bytes_in_flight,
+            "reading": counts.reading, "waiting": batcher.queue.qsize(),
             "running": counts.running, "batches": counts.batches, "images": counts.images,
-            "refused_busy": counts.refused_busy,
+            "refused_busy": counts.refused_busy, "timed_out": counts.timed_out,
             "uptime_s": round(time.monotonic() - counts.started, 3),
         }  # fmt: skip
+        return JSONResponse(body, 200 if batcher.alive else 503)
 
-    @app.get("/info")
+    @app.get("/info", responses=INFO_RESPONSES)
     async def info() -> dict[str, Any]:
         """The model, its classes and input, and this server's limits."""
         spec = classifier.spec
@@ -129,44 +161,53 @@ def create_app(
             "input": {"channels": spec.channels, "size": spec.size,
                       "network_size": classifier.image_size, "mean": list(spec.mean),
                       "std": list(spec.std), "formats": list(FORMATS)},
-            "device": str(classifier.device), "version": _version(), "limits": asdict(limits),
+            "device": str(classifier.device), "version": _version(),
+            "limits": asdict(settings), "token": token is not None,
         }  # fmt: skip
 
-    @app.post("/predict", openapi_extra=_PREDICT_BODY)
-    async def predict(
-        request: Request, top_k: int | None = Query(None, ge=1, description="classes per image")
-    ) -> dict[str, Any]:
+    @app.post("/predict", openapi_extra=PREDICT_EXTRA, response_class=JSONResponse)
+    async def predict(request: Request) -> JSONResponse:
         """The most probable classes of each image sent: multipart/form-data with one `file`
-        field per image, or one image as the body with an image/* Content-Type."""
+        field per image, or one image as the body (Content-Type image/png, image/jpeg,
+        image/bmp or image/webp)."""
         started = time.perf_counter()
-        batcher = state["batcher"]
-        batcher.admit(1)  # before reading the body, so overload is refused cheaply
-        admitted = 1
+        k = min(_top_k(request, settings.top_k), len(classifier.classes))
+        decoder: Decoder = parts["decoder"]
+        batcher: Batcher = parts["batcher"]
+        held = Held()
         try:
-            uploads = await read_uploads(request, limits)
-            if len(uploads) > 1:
-                batcher.admit(len(uploads) - 1)
-                admitted = len(uploads)
-            pixels = await batcher.decode(uploads)
+            uploads = await read_uploads(request, settings, admission, held)
+            names = [name for name, _ in uploads]
+            pixels = await decoder.decode(uploads)
+            del uploads
+            admission.give_bytes(held.bytes)  # the bodies are decoded: only pixels are held
+            held.bytes = 0
             try:
                 rows = await batcher.probabilities(pixels)
             except Exception as error:
-                raise ClientError(500, f"the model failed: {one_line(error)}") from error
+                if not batcher.alive:
+                    stopped = "the batching worker has stopped: see the server's log, restart it"
+                    raise ClientError(503, stopped) from None
+                raise ClientError(500, f"the model failed: {one_line(error)}") from None
         finally:
-            batcher.release(admitted)
-        k = min(top_k or limits.top_k, len(classifier.classes))
+            held.give_back(admission)
         results = []
-        for (name, _), row in zip(uploads, rows, strict=True):
+        for name, row in zip(names, rows, strict=True):
+            if not bool(row.isfinite().all()):
+                raise ClientError(
+                    500, f"{name}: the network's output is not a number (NaN or infinite): its "
+                    "weights or this device's arithmetic are broken",
+                )  # fmt: skip
             values, indices = row.topk(k)
             results.append({
                 "file": name,
                 "predictions": [{"class": classifier.classes[i], "probability": p}
                                 for i, p in zip(indices.tolist(), values.tolist(), strict=True)],
             })  # fmt: skip
-        return {
+        return JSONResponse({
             "model": network.model_name, "dataset": classifier.spec.name,
             "time_ms": round((time.perf_counter() - started) * 1000, 3), "results": results,
-        }  # fmt: skip
+        })  # fmt: skip
 
     return app
 

@@ -1,23 +1,46 @@
-"""Request bodies: one raw image/* body or multipart/form-data `file` fields, read in memory
-within the byte limit while they stream."""
+"""Request bodies: one raw image body or multipart/form-data `file` fields, read in memory
+while they stream: within `max_bytes` per request (413), within the bytes in flight of all
+requests together (503), and within the read timeout (408)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
+from resnets.serve.admission import Admission, Reading
 from resnets.serve.limits import NAME_LIMIT, ClientError, Limits
+
+BOUNDARY_LIMIT = 70  # characters of a multipart boundary (RFC 2046, section 5.1.1)
+# The Content-Types of a raw image body: the formats decoding.FORMATS reads.
+RAW_TYPES = ("image/png", "image/jpeg", "image/bmp", "image/webp")
+MEDIA_TYPES = ("multipart/form-data", *RAW_TYPES)
+
+
+@dataclass
+class Held:
+    """What one request holds of the admission's counts, given back when it ends."""
+
+    bytes: int = 0
+    images: int = 0
+
+    def give_back(self, admission: Admission) -> None:
+        admission.give_bytes(self.bytes)
+        admission.give_images(self.images)
+        self.bytes = self.images = 0
 
 
 class _Multipart:
     """Collects the `file` fields of a multipart/form-data body fed to it chunk by chunk, in
     memory, refusing any other field and more than `max_images` files as they begin."""
 
-    def __init__(self, boundary: bytes, max_images: int) -> None:
+    def __init__(self, boundary: bytes, max_images: int, on_image: Callable[[], None]) -> None:
         self.max_images = max_images
+        self.on_image = on_image
         self.files: list[tuple[str, bytes]] = []
         self.ended = False
         self._header_field = bytearray()
@@ -30,7 +53,15 @@ class _Multipart:
             "on_header_value": self._header_value_data, "on_header_end": self._header_end,
             "on_end": self._end,
         }  # fmt: skip
-        self.parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
+        if len(boundary) > BOUNDARY_LIMIT:
+            raise ClientError(
+                400, f"a multipart boundary of {len(boundary)} characters: at most "
+                f"{BOUNDARY_LIMIT} (RFC 2046)",
+            )  # fmt: skip
+        try:
+            self.parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
+        except (MultipartParseError, ValueError) as error:
+            raise ClientError(400, f"a malformed multipart boundary ({error})") from None
 
     def write(self, chunk: bytes) -> None:
         try:
@@ -82,14 +113,17 @@ class _Multipart:
             raise ClientError(400, "a multipart part without Content-Disposition")
         self.files[-1] = (self.files[-1][0], bytes(self._data))
         self._data = bytearray()
+        self.on_image()
 
     def _end(self) -> None:
         self.ended = True
 
 
-async def read_uploads(request: Request, limits: Limits) -> list[tuple[str, bytes]]:
-    """The (name, bytes) of each image in the request's body, read in memory within
-    `limits.max_bytes` (413), from multipart `file` fields or one raw image/* body."""
+async def read_uploads(
+    request: Request, limits: Limits, admission: Admission, held: Held
+) -> list[tuple[str, bytes]]:
+    """The (name, bytes) of each image in the request's body, from multipart `file` fields or
+    one raw image body. What it takes of the admission is added to `held` as it arrives."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -97,36 +131,51 @@ async def read_uploads(request: Request, limits: Limits) -> list[tuple[str, byte
         if int(declared) > limits.max_bytes:
             raise ClientError(
                 413, f"the body is {int(declared):,} bytes, over this server's limit of "
-                f"{limits.max_bytes:,}",
+                f"{limits.max_bytes:,}", {"Connection": "close"},
             )  # fmt: skip
+
+    def one_image() -> None:
+        admission.take_images(1)
+        held.images += 1
+
     kind, options = parse_options_header(request.headers.get("content-type"))
     multipart: _Multipart | None = None
     if kind == b"multipart/form-data":
         if not options.get(b"boundary"):
             raise ClientError(400, "a multipart/form-data Content-Type without a boundary")
-        multipart = _Multipart(options[b"boundary"], limits.max_images)
-    elif not kind.startswith(b"image/"):
+        multipart = _Multipart(options[b"boundary"], limits.max_images, one_image)
+    elif kind.decode("latin-1") not in RAW_TYPES:
         shown = kind.decode("latin-1")[:60] or "none"
         raise ClientError(
-            415, f"Content-Type {shown}: send multipart/form-data with one `file` field per "
-            "image, or one image as the body with an image/* Content-Type",
+            415, f"Content-Type {shown}: this server reads PNG, JPEG, BMP, WEBP; send "
+            "multipart/form-data with one `file` field per image, or one image as the body "
+            f"with Content-Type {', '.join(RAW_TYPES)}",
         )  # fmt: skip
     body = bytearray()
-    total = 0
+    reading: Reading | None = None
     try:
-        async for chunk in request.stream():
-            total += len(chunk)
-            if total > limits.max_bytes:
-                raise ClientError(413, f"the body is over this server's limit of "
-                                  f"{limits.max_bytes:,} bytes")  # fmt: skip
-            if multipart is not None:
-                multipart.write(chunk)
-            else:
-                body += chunk
+        async with asyncio.timeout(limits.read_timeout) as deadline:
+            with admission.reading(deadline) as reading:
+                async for chunk in request.stream():
+                    if held.bytes + len(chunk) > limits.max_bytes:
+                        raise ClientError(
+                            413, f"the body is over this server's limit of {limits.max_bytes:,} "
+                            "bytes", {"Connection": "close"},
+                        )  # fmt: skip
+                    admission.take_bytes(len(chunk))
+                    held.bytes += len(chunk)
+                    if multipart is not None:
+                        multipart.write(chunk)
+                    else:
+                        body += chunk
+    except TimeoutError:
+        assert reading is not None
+        raise reading.refusal() from None
     except ClientDisconnect:
         raise ClientError(400, "the client went away before sending the whole body") from None
     if multipart is not None:
         return multipart.finish()
     if not body:
         raise ClientError(400, "an empty body: send an image")
+    one_image()
     return [("<image 0>", bytes(body))]

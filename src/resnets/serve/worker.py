@@ -1,19 +1,28 @@
 """The batching worker: decoded images wait in a queue; one worker gathers them into batches
-and runs each on an inference thread, so the event loop keeps answering."""
+of up to `max_batch` (waiting at most `max_wait_ms` for more once it has one) and runs each
+on an inference thread, so the event loop keeps answering.
+
+The loop is guarded: whatever fails with one batch (stacking, the model, its outputs) is the
+answer of that batch's requests alone (500), and the worker goes on with the next. Should the
+worker end anyway, `alive` says so and /health answers 503.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
+import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
+from resnets.errors import one_line
 from resnets.predict import Classifier
-from resnets.serve.decoding import decode_upload
-from resnets.serve.limits import ClientError, Limits
+from resnets.serve.admission import Counts
+from resnets.serve.limits import Limits
+
+log = logging.getLogger("resnets.serve")
 
 
 @dataclass
@@ -24,35 +33,25 @@ class _Waiting:
     result: asyncio.Future[torch.Tensor]
 
 
-@dataclass
-class _Counts:
-    """What /health reports; changed only on the event loop."""
-
-    admitted: int = 0  # images of requests in the server
-    batches: int = 0
-    images: int = 0
-    refused_busy: int = 0
-    running: int = 0  # images in the batch on the inference thread now
-    started: float = field(default_factory=time.monotonic)
-
-
 class Batcher:
-    """The bounded admission, the queue of decoded images and the one worker that batches
-    them: one batch on the inference thread at a time, the next gathered meanwhile."""
+    """The queue of decoded images and the one worker that batches them: one batch on the
+    inference thread at a time, the next gathered meanwhile."""
 
-    def __init__(self, classifier: Classifier, limits: Limits) -> None:
+    def __init__(self, classifier: Classifier, limits: Limits, counts: Counts) -> None:
         self.classifier = classifier
         self.limits = limits
-        self.counts = _Counts()
+        self.counts = counts
         self.queue: asyncio.Queue[_Waiting] = asyncio.Queue()
-        # One thread each: Pillow's truncated-image flag and warning filters are process-wide,
-        # and a single decoder also holds at most one full-size image in memory at a time.
-        self.decoder = ThreadPoolExecutor(1, "resnets-decode")
         self.runner = ThreadPoolExecutor(1, "resnets-infer")
         self.worker: asyncio.Task[None] | None = None
+        self._batch: list[_Waiting] = []  # the batch being run, failed too if the worker ends
+
+    @property
+    def alive(self) -> bool:
+        return self.worker is not None and not self.worker.done()
 
     def start(self) -> None:
-        self.worker = asyncio.get_running_loop().create_task(self._work())
+        self.worker = asyncio.get_running_loop().create_task(self._work(), name="resnets-batcher")
 
     async def stop(self) -> None:
         if self.worker is not None:
@@ -60,74 +59,77 @@ class Batcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self.worker
         # A batch still running finishes on its thread; nobody waits for its answer.
-        self.decoder.shutdown(wait=False, cancel_futures=True)
         self.runner.shutdown(wait=False, cancel_futures=True)
 
-    def admit(self, images: int) -> None:
-        """Count `images` more in the server, or refuse them with 503 when that would pass
-        the queue limit."""
-        if self.counts.admitted + images > self.limits.queue_limit:
-            self.counts.refused_busy += 1
-            raise ClientError(
-                503,
-                f"busy: {self.counts.admitted} images in the server, the limit is "
-                f"{self.limits.queue_limit}; try again shortly",
-                {"Retry-After": "1"},
-            )
-        self.counts.admitted += images
-
-    def release(self, images: int) -> None:
-        self.counts.admitted -= images
-
-    async def decode(self, uploads: list[tuple[str, bytes]]) -> list[torch.Tensor]:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.decoder, self._decode_all, uploads)
-
-    def _decode_all(self, uploads: list[tuple[str, bytes]]) -> list[torch.Tensor]:
-        return [decode_upload(self.classifier, data, name, self.limits.max_pixels)
-                for name, data in uploads]  # fmt: skip
-
     async def probabilities(self, pixels: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Each image's class probabilities, computed in whatever batches the worker makes."""
+        """Each image's class probabilities, computed in whatever batches the worker makes;
+        a failed batch raises its error here."""
+        if not self.alive:
+            raise RuntimeError("the batching worker has stopped")
         loop = asyncio.get_running_loop()
         waiting = [_Waiting(p, loop.create_future()) for p in pixels]
         for item in waiting:
-            self.queue.put_nowait(item)  # bounded by admit(), not by the queue
+            self.queue.put_nowait(item)  # bounded by the admission, not by the queue
         return list(await asyncio.gather(*(item.result for item in waiting)))
 
+    async def _gather(self) -> list[_Waiting]:
+        loop = asyncio.get_running_loop()
+        batch = [await self.queue.get()]
+        deadline = loop.time() + self.limits.max_wait_ms / 1000
+        while len(batch) < self.limits.max_batch:
+            if not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+                continue
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self.queue.get(), left))
+            except TimeoutError:
+                break
+        return [item for item in batch if not item.result.done()]
+
     async def _work(self) -> None:
+        try:
+            await self._batches()
+        except BaseException as error:  # cancelled (the server stops), or a bug: nobody waits
+            if not isinstance(error, asyncio.CancelledError):
+                log.error("the batching worker stopped: %s", one_line(error))
+            stopped = RuntimeError("the batching worker has stopped")
+            for item in [*self._batch, *self._drain()]:
+                if not item.result.done():
+                    item.result.set_exception(stopped)
+            raise
+
+    def _drain(self) -> list[_Waiting]:
+        items = []
+        while not self.queue.empty():
+            items.append(self.queue.get_nowait())
+        return items
+
+    async def _batches(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = [await self.queue.get()]
-            deadline = loop.time() + self.limits.max_wait_ms / 1000
-            while len(batch) < self.limits.max_batch:
-                if not self.queue.empty():
-                    batch.append(self.queue.get_nowait())
-                    continue
-                left = deadline - loop.time()
-                if left <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self.queue.get(), left))
-                except asyncio.TimeoutError:
-                    break
-            batch = [item for item in batch if not item.result.done()]
+            self._batch = []
+            batch = self._batch = await self._gather()
             if not batch:
                 continue
-            pixels = torch.stack([item.pixels for item in batch])
-            self.counts.running = len(batch)
             try:
-                probabilities = await loop.run_in_executor(self.runner, self._infer, pixels)
-            except Exception as error:  # the model failed: each waiting request answers 500
+                pixels = torch.stack([item.pixels for item in batch])
+                self.counts.running = len(batch)
+                try:
+                    rows = await loop.run_in_executor(self.runner, self._infer, pixels)
+                finally:
+                    self.counts.running = 0
+            except Exception as error:  # this batch's requests answer 500; the worker goes on
+                log.error("a batch of %d failed: %s", len(batch), one_line(error))
                 for item in batch:
                     if not item.result.done():
                         item.result.set_exception(error)
                 continue
-            finally:
-                self.counts.running = 0
             self.counts.batches += 1
             self.counts.images += len(batch)
-            for item, row in zip(batch, probabilities, strict=True):
+            for item, row in zip(batch, rows, strict=True):
                 if not item.result.done():
                     item.result.set_result(row)
 

@@ -1,0 +1,82 @@
+"""The OpenAPI description of what the routes really answer, merged into FastAPI's schema:
+every status /predict can give, the JSON error shape, and exactly the media types accepted."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from resnets.serve.uploads import RAW_TYPES
+
+ERROR: dict[str, Any] = {
+    "type": "object",
+    "required": ["error", "status"],
+    "properties": {"error": {"type": "string"}, "status": {"type": "integer"}},
+}
+PREDICTIONS: dict[str, Any] = {
+    "type": "object",
+    "required": ["model", "dataset", "time_ms", "results"],
+    "properties": {
+        "model": {"type": "string"}, "dataset": {"type": "string"},
+        "time_ms": {"type": "number"},
+        "results": {"type": "array", "items": {
+            "type": "object", "required": ["file", "predictions"],
+            "properties": {
+                "file": {"type": "string"},
+                "predictions": {"type": "array", "items": {
+                    "type": "object", "required": ["class", "probability"],
+                    "properties": {"class": {"type": "string"},
+                                   "probability": {"type": "number", "minimum": 0, "maximum": 1}},
+                }},
+            },
+        }},
+    },
+}  # fmt: skip
+
+
+def _refusal(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": ERROR}}}
+
+
+_BUSY = {**_refusal("busy (bytes or images in the server at their limit), or stopping: try again "
+                    "after Retry-After seconds"),
+         "headers": {"Retry-After": {"schema": {"type": "string"}}}}  # fmt: skip
+_NO_TOKEN = _refusal("the server has a token and the request has not sent it")
+
+PREDICT_EXTRA: dict[str, Any] = {
+    "parameters": [{
+        "name": "top_k", "in": "query", "required": False,
+        "description": "classes per image (the server's --top-k unless given)",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 999_999_999},
+    }],
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {"schema": {
+                "type": "object",
+                "properties": {"file": {"type": "array", "minItems": 1,
+                                        "items": {"type": "string", "format": "binary"}}},
+                "required": ["file"],
+                "additionalProperties": False,
+            }},
+            **{kind: {"schema": {"type": "string", "format": "binary"}} for kind in RAW_TYPES},
+        },
+    },
+    "responses": {
+        "200": {"description": "the top classes of each image, in the order sent",
+                "content": {"application/json": {"schema": PREDICTIONS}}},
+        "400": _refusal("a malformed request: an empty, truncated or damaged image, a malformed "
+                        "multipart body, a field other than `file`, a bad top_k"),
+        "401": _NO_TOKEN,
+        "408": _refusal("the body did not arrive within the server's read timeout"),
+        "413": _refusal("too large: the body, the number of images, an image's pixels, or the "
+                        "decoded size of the request's images"),
+        "415": _refusal("not an image this server reads (PNG, JPEG, BMP, WebP), or another "
+                        "Content-Type"),
+        "500": _refusal("the network failed on this request's batch"),
+        "503": _BUSY,
+    },
+}  # fmt: skip
+HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    503: {"description": "the batching worker has stopped: /predict cannot answer"},
+}
+INFO_RESPONSES: dict[int | str, dict[str, Any]] = {401: _NO_TOKEN}
