@@ -136,8 +136,8 @@ def test_client_errors_leave_no_traceback_and_sigterm_with_stalled_bodies_is_cle
             stalled = []
             for _ in range(4):  # bodies promised and never sent
                 sock = socket.create_connection(("127.0.0.1", port), TIMEOUT)
-                sock.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                             b"Content-Type: image/png\r\nContent-Length: 10000\r\n\r\nabc")  # fmt: skip
+                sock.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                             b"image/png\r\nContent-Length: 10000\r\n\r\nabc")  # fmt: skip
                 stalled.append(sock)
             deadline = time.monotonic() + TIMEOUT
             while healthy(port)["reading"] < 4:
