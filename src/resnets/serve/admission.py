@@ -23,6 +23,7 @@ class Counts:
     admitted: int = 0  # images of requests in the server (received, decoding, waiting, running)
     bytes_in_flight: int = 0  # body bytes received and not yet decoded
     reading: int = 0  # requests whose body is being read
+    decoding: int = 0  # requests with an image on a decoding thread now
     batches: int = 0
     images: int = 0
     refused_busy: int = 0

@@ -77,7 +77,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        decoder = Decoder(classifier, settings)
+        decoder = Decoder(classifier, settings, admission.counts)
         batcher = Batcher(classifier, settings, admission.counts)
         batcher.start()
         parts.update(decoder=decoder, batcher=batcher)
@@ -144,7 +144,8 @@ def create_app(
         body = {
             "status": "ok" if batcher.alive else "the batching worker has stopped",
             "in_server": counts.admitted, "bytes_in_flight": counts.bytes_in_flight,
-            "reading": counts.reading, "waiting": batcher.queue.qsize(),
+            "reading": counts.reading, "decoding": counts.decoding,
+            "waiting": batcher.queue.qsize(),
             "running": counts.running, "batches": counts.batches, "images": counts.images,
             "refused_busy": counts.refused_busy, "timed_out": counts.timed_out,
             "uptime_s": round(time.monotonic() - counts.started, 3),

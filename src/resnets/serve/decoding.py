@@ -23,6 +23,7 @@ from PIL import Image
 from resnets.data.folder import UNREADABLE, truncated_images_refused
 from resnets.errors import one_line
 from resnets.predict import Classifier, ImageError
+from resnets.serve.admission import Counts
 from resnets.serve.limits import ClientError, Limits
 
 # The formats a client may send: those the image-folder reader takes. Restricting Pillow's
@@ -108,9 +109,10 @@ def decode_upload(classifier: Classifier, data: bytes, name: str, max_pixels: in
 class Decoder:
     """The two decoding threads (small images, large images) and the per-request budget."""
 
-    def __init__(self, classifier: Classifier, limits: Limits) -> None:
+    def __init__(self, classifier: Classifier, limits: Limits, counts: Counts) -> None:
         self.classifier = classifier
         self.limits = limits
+        self.counts = counts
         # The small images' thread also reads every header (see open_upload's warning filter).
         self.light = ThreadPoolExecutor(1, "resnets-decode")
         self.heavy = ThreadPoolExecutor(1, "resnets-decode-large")
@@ -141,9 +143,13 @@ class Decoder:
             pixels = []
             for name, image, cost in opened:  # one at a time, so requests take turns
                 lane = self.light if cost <= LIGHT_BYTES else self.heavy
-                pixels.append(
-                    await loop.run_in_executor(lane, decode_opened, self.classifier, image, name)
-                )
+                self.counts.decoding += 1
+                try:
+                    pixels.append(await loop.run_in_executor(
+                        lane, decode_opened, self.classifier, image, name
+                    ))  # fmt: skip
+                finally:
+                    self.counts.decoding -= 1
             return pixels
         finally:
             for _, image, _ in opened:
