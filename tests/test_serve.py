@@ -496,7 +496,9 @@ def test_the_page_shows_the_top_class_of_an_uploaded_png(
             page = browser.new_page()
             page.set_default_timeout(TIMEOUT * 1000)
             page.goto(f"http://127.0.0.1:{port}/")
-            page.wait_for_function("document.querySelector('#model').textContent.includes('3 cl')")
+            page.wait_for_function(
+                "() => document.querySelector('#model').textContent.includes('3 cl')"
+            )
             page.set_input_files("#file", str(png))
             page.wait_for_selector("#results .row")
             names = page.locator("#results .name").all_inner_texts()
@@ -505,7 +507,9 @@ def test_the_page_shows_the_top_class_of_an_uploaded_png(
             assert shown == [f"{100 * p:.1f}%" for _, p in expected.top]
             assert page.eval_on_selector("#preview", "img => img.naturalWidth") == 40
             page.set_input_files("#file", str(not_png))
-            page.wait_for_function("document.getElementById('error').textContent.length > 0")
+            page.wait_for_function(
+                "() => document.getElementById('error').textContent.length > 0"
+            )
             assert page.inner_text("#error").startswith("415: notes.png: not an image")
             assert page.locator("#results .row").count() == 0
         finally:
