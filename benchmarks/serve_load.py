@@ -12,9 +12,14 @@ table. The phases:
                     batching phase answered, whether or not earlier ones were answered
                     (open loop); counts 200s, 503s and failures, times /health meanwhile,
                     and samples the server's resident memory
+    slow clients    --max-batch 32 --read-timeout SLOW_TIMEOUT: SLOW connections (loopback)
+                    that promise a 10,000-byte body and stall after 3 bytes, or drip it a
+                    byte a second, while CONCURRENCY good clients run the closed loop; counts
+                    how the slow ones were answered (408 at the read timeout)
 
     python benchmarks/serve_load.py RUN                 # a run folder, checkpoint or safetensors
     python benchmarks/serve_load.py RUN --requests 1000 --concurrency 16 --seconds 10
+    python benchmarks/serve_load.py RUN --slow 256 --slow-timeout 5
 
 Client and server share the machine's cores, as they would on one host: on a small machine
 the figures are of both together.
@@ -23,12 +28,14 @@ the figures are of both together.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import io
 import json
 import os
 import platform
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -224,6 +231,46 @@ def open_loop(name: str, port: int, pid: int, images: list[bytes], rate: float, 
     return phase
 
 
+@contextmanager
+def slow_clients(port: int, count: int, seconds: float) -> Iterator[Counter[str]]:
+    """`count` connections that promise a 10,000-byte body: half stall after 3 bytes, half
+    drip one byte a second (for at most `seconds`). Yields a Counter that, once the block
+    ends, holds how each was answered (the status line's code, or the error's name)."""
+    head = (b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+            b"Content-Length: 10000\r\n\r\n")  # fmt: skip
+    socks = []
+    for number in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), TIMEOUT)
+        sock.sendall(head + (b"abc" if number % 2 else b"a"))
+        socks.append(sock)
+    stop = threading.Event()
+
+    def drip() -> None:
+        deadline = time.perf_counter() + seconds
+        while not stop.wait(1.0) and time.perf_counter() < deadline:
+            for sock in socks[0::2]:
+                with contextlib.suppress(OSError):  # answered and closed already
+                    sock.send(b"x")
+
+    answers: Counter[str] = Counter()
+    thread = threading.Thread(target=drip, daemon=True)
+    thread.start()
+    try:
+        yield answers
+    finally:
+        stop.set()
+        thread.join(TIMEOUT)
+        for sock in socks:
+            try:
+                sock.settimeout(TIMEOUT)
+                first = sock.recv(64)
+                answers[first.split(b" ")[1].decode() if first else "closed"] += 1
+            except (OSError, IndexError) as error:
+                answers[type(error).__name__] += 1
+            finally:
+                sock.close()
+
+
 def table(phases: list[Phase]) -> str:
     rows = [
         "| phase | requests | answered | 503 | failed | req/s | images/s | p50 ms | p95 ms "
@@ -252,6 +299,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20, help="most seconds a phase runs (20)")
     parser.add_argument("--overload-seconds", type=float, default=8, help="overload phase (8)")
     parser.add_argument("--queue-limit", type=int, default=64, help="in the overload phase (64)")
+    parser.add_argument("--slow", type=int, default=256, help="slow clients (256; 0: no phase)")
+    parser.add_argument("--slow-timeout", type=float, default=5.0,
+                        help="--read-timeout of the slow-clients phase (5)")  # fmt: skip
     parser.add_argument("--json", metavar="FILE", help="also write the figures here")
     args = parser.parse_args()
     images = [png(seed) for seed in range(64)]
@@ -272,6 +322,15 @@ def main() -> None:
         after = Client(port).request("GET", "/health")[0]
     phases.append(overload)
     health_ok = sum(ms != float("inf") for ms in overload.health_ms)
+    slow_answers: Counter[str] = Counter()
+    if args.slow:
+        slow_flags = ("--max-batch", "32", "--read-timeout", str(args.slow_timeout))
+        name = f"{args.slow} slow clients + {args.concurrency} good"
+        with server(args.run, *slow_flags) as (port, pid), \
+                slow_clients(port, args.slow, args.seconds) as slow_answers:  # fmt: skip
+            slowed = closed_loop(name, port, pid, images, args.requests, args.concurrency,
+                                 args.seconds)  # fmt: skip
+        phases.append(slowed)
 
     print(f"\n{cpu_name()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
           f"Python {platform.python_version()}, {date.today()}")  # fmt: skip
@@ -284,6 +343,10 @@ def main() -> None:
           f"{len(overload.health_ms)} probes, slowest {max(overload.health_ms):.0f} ms, "
           f"and {after} after; server RSS {idle:.0f} MiB before, "
           f"{max(overload.rss_mib):.0f} MiB at most")  # fmt: skip
+    if args.slow:
+        print(f"slow clients (--read-timeout {args.slow_timeout:g}): {args.slow} connections, "
+              f"half stalled after 3 of 10,000 promised bytes, half dripping a byte a second; "
+              f"answered {dict(slow_answers)}")  # fmt: skip
     if args.json:
         figures = [{"phase": p.name, "statuses": dict(p.statuses), "seconds": p.seconds,
                     "p50_ms": p.percentile(50), "p95_ms": p.percentile(95),
