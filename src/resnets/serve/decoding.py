@@ -86,7 +86,7 @@ def decode_opened(classifier: Classifier, image: Image.Image, name: str) -> torc
     stored (converted and resized exactly as `Classifier.decode` does); closes the image.
 
     Raises ClientError 400 for a truncated or damaged image."""
-    with image:
+    try:
         try:
             with truncated_images_refused():
                 image.load()
@@ -98,6 +98,8 @@ def decode_opened(classifier: Classifier, image: Image.Image, name: str) -> torc
             return classifier.decode(image)
         except ImageError as error:
             raise ClientError(400, f"{name}: {error}") from None
+    finally:
+        image.close()  # frees the pixels now (leaving a `with` block only closes the file)
 
 
 def decode_upload(classifier: Classifier, data: bytes, name: str, max_pixels: int) -> torch.Tensor:
