@@ -73,6 +73,7 @@ def test_a_small_request_is_decoded_beside_a_large_one(shapes_classifier: Classi
         assert status == 200 and len(answer["results"]) == 24
 
 
+@pytest.mark.slow
 def test_resident_memory_stays_within_the_stated_bound(shapes_run: Path) -> None:
     """The README's bound: the model, plus the bodies in flight (twice, while copied), plus
     one large image being decoded (about 10 bytes a pixel at worst) and one small one."""
