@@ -3,6 +3,7 @@ what several test files share: the repository's folders, comparing weights, runn
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,22 @@ from resnets.data.idx import idx_payload_sha256
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository
 SRC = ROOT / "src"
+
+# One factor for every time limit in the suite, for slow or busy machines (CI under load,
+# emulated instructions): RESNETS_TEST_TIMEOUT_SCALE=3 triples them all.
+TIMEOUT_SCALE_VARIABLE = "RESNETS_TEST_TIMEOUT_SCALE"
+
+
+def timeout(seconds: float) -> float:
+    """A limit that guards against a hang, scaled by $RESNETS_TEST_TIMEOUT_SCALE (default 1).
+
+    Limits in this suite are never speed claims: each is several times what the work takes
+    on a quiet 2-core machine, and the factor stretches them all at once where that is not
+    enough."""
+    scale = float(os.environ.get(TIMEOUT_SCALE_VARIABLE) or 1)
+    if scale <= 0:
+        raise ValueError(f"{TIMEOUT_SCALE_VARIABLE} must be a positive number, not {scale}")
+    return seconds * scale
 
 # A tiny network and small images: every training test runs in seconds on 2 cores.
 TINY: dict[str, Any] = {

@@ -13,7 +13,7 @@ import pytest
 from resnets.cli import main
 from resnets.training.runtime import cpu_has_native_bf16
 
-from helpers import ROOT
+from helpers import ROOT, timeout
 
 TINY_BENCH = ["bench", "--model", "cifar_resnet20", "--width", "0.25", "--image-size", "16",
               "--batch-size", "8"]  # fmt: skip
@@ -72,7 +72,7 @@ def test_side_by_side_script(tmp_path: Path) -> None:
         "--json",
         str(out),
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout(300))
     assert result.returncode == 0, result.stderr
     assert "| train images/s" in result.stdout and "| eval images/s" in result.stdout
     assert "| d2l_resnet18 at 32px" in result.stdout

@@ -17,7 +17,7 @@ import pytest
 
 from resnets.training.recorder import METRICS
 
-from helpers import ROOT
+from helpers import ROOT, timeout
 
 
 def script(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
@@ -75,7 +75,7 @@ def test_time_to_accuracy_refuses_a_folder_without_metrics(tmp_path: Path) -> No
     out = tmp_path / "tta.png"
     command = [sys.executable, str(ROOT / "benchmarks" / "time_to_accuracy.py"), str(good),
                str(empty), "--out", str(out)]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout(120))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"time_to_accuracy.py: error: {empty}: no metrics.csv (not a resnets run folder, or "
@@ -122,7 +122,7 @@ def test_regions_script(tmp_path: Path) -> None:
     command = [sys.executable, str(ROOT / "benchmarks" / "regions.py"), "--shapes", "4x8x6x6",
                "--steps", "1", "--json", str(out)]  # fmt: skip
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout(300), env=env)
     assert result.returncode == 0, result.stderr
     assert "| 4x8x6x6 |" in result.stdout
     (row,) = json.loads(out.read_text())["rows"]

@@ -13,6 +13,7 @@ from resnets.errors import UsageError
 from resnets.summary import count_macs, summarize
 
 from helpers import run_cli as run
+from helpers import timeout
 
 
 def test_resnet18_macs_match_the_paper() -> None:
@@ -106,5 +107,5 @@ def test_output_into_a_closed_pipe_ends_quietly() -> None:
     no traceback, and the exit status a shell gives a writer stopped by SIGPIPE."""
     command = f"{sys.executable} -m resnets.cli models | true"
     done = subprocess.run(["bash", "-c", f"{command}; echo ${{PIPESTATUS[0]}} >&2"],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+                          capture_output=True, text=True, timeout=timeout(120))  # fmt: skip
     assert done.stderr.strip() == "141", done.stderr

@@ -23,9 +23,17 @@ import torch
 from resnets.errors import UsageError
 from resnets.training import load_checkpoint, make_config, start_trainer
 
-from helpers import SRC, TINY, assert_same_weights, run_cli, synthetic_dataset, write_dataset
+from helpers import (
+    SRC,
+    TINY,
+    assert_same_weights,
+    run_cli,
+    synthetic_dataset,
+    timeout,
+    write_dataset,
+)
 
-TIMEOUT = 90  # seconds for one torchrun; a run here takes about 6
+TIMEOUT = timeout(90)  # seconds for one torchrun; a run here takes about 6
 PAIR = ("--standalone", "--nproc-per-node", "2")  # torchrun's options for 2 local processes
 
 # lr 0.01 and 2 steps an epoch: at lr 0.1 this tiny network's training amplifies float
@@ -207,7 +215,7 @@ def test_a_failure_on_one_process_ends_the_job(data_dir: Path, tmp_path: Path) -
     done = torchrun(*train_flags(data_dir, tmp_path / "run"), cwd=tmp_path, script=script)
     assert done.returncode != 0
     assert "injected failure on rank 1" in done.stdout + done.stderr
-    assert time.monotonic() - start < 60
+    assert time.monotonic() - start < timeout(60)  # not the process group's 5-minute timeout
     lines = [line for line in done.stderr.splitlines() if line.startswith("resnets: ")]
     assert len(lines) == 1 and lines[0].startswith("resnets: error: rank 0: stopped because "
                                                    "another process of this job failed")

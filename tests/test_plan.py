@@ -22,7 +22,7 @@ from resnets.training.memory import _cgroup_mounts, parse_memory_budget
 from resnets.training.plan import Budget, StepCost, find_budget, plan_memory
 from resnets.training.runtime import Runtime
 
-from helpers import synthetic_dataset, write_dataset
+from helpers import synthetic_dataset, timeout, write_dataset
 
 CPU = Runtime(torch.device("cpu"), "fp32", False)
 MiB = 2**20
@@ -197,7 +197,7 @@ def run_limited(group: Path, argv: list[str]) -> subprocess.CompletedProcess[str
 
     return subprocess.run(
         [sys.executable, "-m", "resnets.cli", *argv], capture_output=True, text=True,
-        preexec_fn=enter, timeout=600,
+        preexec_fn=enter, timeout=timeout(600),
     )  # fmt: skip
 
 

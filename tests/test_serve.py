@@ -45,9 +45,9 @@ from resnets.predict import Classifier  # noqa: E402
 from resnets.serve import Limits, create_app, listen, make_server  # noqa: E402
 from resnets.weights import load_network  # noqa: E402
 
-from helpers import SRC, run_cli  # noqa: E402
+from helpers import SRC, run_cli, timeout  # noqa: E402
 
-TIMEOUT = 20.0  # seconds any one request, start or stop may take before the test fails
+TIMEOUT = timeout(20.0)  # seconds any one request, start or stop may take before the test fails
 
 
 # -- a real server and a real client --------------------------------------------------------
@@ -282,7 +282,8 @@ def test_health_answers_while_a_long_batch_runs(
         started = time.monotonic()
         health = healthy(port)
         assert call(port, "GET", "/info")[0] == 200
-        assert time.monotonic() - started < 2  # not behind the batch, which never ends by itself
+        # not behind the batch, which never ends by itself
+        assert time.monotonic() - started < timeout(2)
         assert health["running"] == 1 and health["in_server"] == 1 and not pending.done()
         gate.opened.set()
         assert pending.result(TIMEOUT)[0] == 200
