@@ -10,11 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_serve import call, running
+from test_serve import TIMEOUT, call, running
 
 from resnets.predict import Classifier
 from resnets.serve import create_app
 from resnets.serve.uploads import MEDIA_TYPES
+
+from helpers import timeout
 
 CONFIG = Path(__file__).parent / "fixtures" / "schemathesis.toml"
 SCHEMATHESIS = shutil.which("schemathesis") or str(Path(sys.executable).with_name("schemathesis"))
@@ -43,8 +45,9 @@ def test_schemathesis_finds_nothing(shapes_classifier: Classifier, tmp_path: Pat
             SCHEMATHESIS, "--config-file", str(CONFIG), "run",
             f"http://127.0.0.1:{port}/openapi.json", "--checks", "all",
             "--max-examples", "8", "--seed", "1", "--generation-deterministic", "--workers",
-            "1", "--request-timeout", "20", "--suppress-health-check", "all",
+            "1", "--request-timeout", str(TIMEOUT), "--suppress-health-check", "all",
             "--phases", "examples,coverage,fuzzing", "--no-color",
         ]  # fmt: skip
-        done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout(300),
+                              cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
