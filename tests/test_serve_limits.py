@@ -5,13 +5,20 @@ repeated failures are logged once a second in one line."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
+import os
+import re
+import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from test_serve import PNG, TIMEOUT, call, healthy, running
@@ -19,6 +26,8 @@ from test_serve import PNG, TIMEOUT, call, healthy, running
 from resnets.predict import Classifier
 from resnets.serve import create_app
 from resnets.serve.server import OncePerSecond, raise_open_file_limit
+
+from helpers import SRC
 
 STALLED = 64  # connections that promise a body and stall (loopback only)
 
@@ -169,3 +178,50 @@ def test_a_flood_of_failures_is_logged_once_a_second_in_one_line() -> None:
     lines = [handler.format(r) for r in records]
     assert all("\n" not in line and "Too many open files" in line for line in lines)
     assert "more like it" in lines[-1]
+
+
+@pytest.mark.slow
+def test_a_small_open_file_limit_lowers_the_cap_instead_of_flooding_the_log(
+    shapes_run: Path, tmp_path: Path
+) -> None:
+    """The finding: connections past the open-file limit made accepting fail (EMFILE) and
+    filled the log. With a hard limit of 128, the server caps connections below it (saying so
+    in one line), answers the rest 503, logs no failure, and serves once they are gone."""
+    resource = pytest.importorskip("resource")
+
+    def small_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
+
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    command = [sys.executable, "-m", "resnets", "serve", str(shapes_run), "--port", "0",
+               "--device", "cpu", "--max-connections", "1000"]  # fmt: skip
+    log_path = tmp_path / "server.log"
+    with log_path.open("w") as log_file, subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=log_file, text=True,
+        preexec_fn=small_limit,
+    ) as process:  # fmt: skip
+        try:
+            assert process.stdout is not None
+            found = re.search(r"http://127\.0\.0\.1:(\d+)/", process.stdout.readline())
+            assert found
+            port = int(found.group(1))
+            with closing_all([]) as socks:
+                for _ in range(200):  # loopback, bounded
+                    socks.append(socket.create_connection(("127.0.0.1", port), TIMEOUT))
+                refused = answer(socks[-1])
+                assert refused.startswith(b"HTTP/1.1 503") and b"48 connections" in refused
+            deadline = time.monotonic() + TIMEOUT
+            while True:  # the connections are gone: it answers again
+                with contextlib.suppress(OSError):
+                    if call(port, "GET", "/health")[0] == 200:
+                        break
+                assert time.monotonic() < deadline, "the server did not recover"
+                time.sleep(0.2)
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(TIMEOUT) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+    log = log_path.read_text()
+    assert log.splitlines()[0].startswith("resnets serve: the open-file limit (128) allows 48")
+    assert "Too many open files" not in log and "Traceback" not in log, log[-2000:]

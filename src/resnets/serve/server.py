@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -25,9 +27,12 @@ from resnets.serve.limits import Limits
 
 GRACE_S = 5  # seconds the requests in flight get to finish once the server is told to stop
 QUIET_LOGGERS = ("uvicorn", "uvicorn.error", "asyncio", "resnets.serve")
+KEY_CHARS, LINE_CHARS = 40, 400  # what makes two log messages the same; the longest line
+FD_HEADROOM = 64  # open files the process needs besides its connections (libraries, logs)
+BACKLOG = 2048  # connections waiting to be accepted, and accepted at a time
 
 
-def listen(host: str, port: int) -> socket.socket:
+def listen(host: str, port: int, backlog: int = BACKLOG) -> socket.socket:
     """A listening TCP socket on host:port (port 0: any free one), or a one-line UsageError."""
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
@@ -37,7 +42,7 @@ def listen(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
-        sock.listen(2048)
+        sock.listen(backlog)
     except OSError as error:
         sock.close()
         raise UsageError(
@@ -76,7 +81,9 @@ class OncePerSecond(logging.Filter):
         self.skipped: dict[tuple[str, str], int] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        key = (record.name, str(record.msg))
+        # The same failure logs varying details (asyncio's callbacks carry their due times):
+        # the first words, digits aside, make it the same message.
+        key = (record.name, re.sub(r"[0-9]+", "", str(record.msg))[:KEY_CHARS])
         now = time.monotonic()
         if now - self.last.get(key, -1e9) < 1.0:
             self.skipped[key] = self.skipped.get(key, 0) + 1
@@ -88,7 +95,9 @@ class OncePerSecond(logging.Filter):
         skipped = self.skipped.pop(key, 0)
         if skipped:
             message += f" ({skipped} more like it in the last second)"
-        record.msg, record.args = " ".join(message.split()), None
+        line = " ".join(message.split())
+        record.msg = line if len(line) <= LINE_CHARS else line[: LINE_CHARS - 3] + "..."
+        record.args = None
         record.exc_info = record.exc_text = record.stack_info = None
         return True
 
@@ -149,7 +158,7 @@ class _Server(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def make_server(app: Any, grace_s: int = GRACE_S) -> uvicorn.Server:
+def make_server(app: Any, grace_s: int = GRACE_S, backlog: int = BACKLOG) -> uvicorn.Server:
     """A uvicorn server for an app from `create_app`, with its limits on connections."""
     admission: Admission = app.state.admission
     limits: Limits = admission.limits
@@ -157,6 +166,7 @@ def make_server(app: Any, grace_s: int = GRACE_S) -> uvicorn.Server:
         app, log_level="warning", access_log=False, timeout_graceful_shutdown=grace_s,
         http=_connections(limits.max_connections, limits.read_timeout),
         timeout_keep_alive=limits.keep_alive,  # type: ignore[arg-type]
+        backlog=backlog,
     )  # fmt: skip
     quiet_logs()
     return _Server(config, admission)
@@ -191,14 +201,27 @@ def serve(
         )
     extra = list(allowed_hosts)
     hosts = [*LOOPBACK_NAMES, *extra] if loopback else (extra or None)
+    soft, _ = raise_open_file_limit()
+    # asyncio accepts up to `backlog` connections at a time before any is closed for being
+    # past the cap: those, the cap and the process's own files must fit the open-file limit,
+    # or accepting fails with EMFILE (and asyncio retries it thousands of times a second).
+    backlog = BACKLOG if soft <= 0 else min(BACKLOG, max(16, (soft - FD_HEADROOM) // 4))
+    room = soft - FD_HEADROOM - backlog
+    wanted = limits.get("max_connections", Limits.max_connections)
+    if soft > 0 and wanted > room:
+        if room < 1:
+            raise UsageError(f"this process may open only {soft} files: raise `ulimit -n`")
+        limits["max_connections"] = room
+        print(f"resnets serve: the open-file limit ({soft}) allows {room} connections, not "
+              f"--max-connections {wanted}; raise `ulimit -n` for more",
+              file=sys.stderr, flush=True)  # fmt: skip
     app = create_app(
         classifier, token=token, allowed_hosts=hosts, cors_origins=cors_origins, **limits
     )
-    raise_open_file_limit()
-    sock = listen(host, port)
+    sock = listen(host, port, backlog)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
-    server = make_server(app)
+    server = make_server(app, backlog=backlog)
     on_ready(
         f"serving {classifier.network.model_name} ({classifier.spec.name}, "
         f"{len(classifier.classes)} classes) on {classifier.device} at http://{shown}:{bound}/ "
