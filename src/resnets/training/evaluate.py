@@ -136,7 +136,8 @@ def evaluate(
         "images": total,
     }
     if compare_tta:
-        result["acc_plain"], result["acc_tta"] = (both_correct.cpu() / total).tolist()
+        plain, averaged = both_correct.tolist()
+        result["acc_plain"], result["acc_tta"] = plain / total, averaged / total
     if keep_predictions:
         result["predicted"] = torch.cat(predicted)
         result["confidence"] = torch.cat(confidence)
