@@ -30,7 +30,7 @@ from resnets.training.config import (
     steps_per_epoch,
     stretch_to_min_steps,
 )
-from resnets.training.factory import build_trainer, decide_mirroring
+from resnets.training.factory import build_trainer, decide_mirroring, resume_config
 from resnets.training.schedule import learning_rate
 
 from helpers import TINY, run_cli, synthetic_dataset
@@ -337,6 +337,11 @@ def test_a_run_on_few_images_trains_the_minimum_of_steps(tmp_path: Path) -> None
     assert steps[-1] == 10 and len(run.history) == 5
     tested = [row["epoch"] for row in run.history if row["test_acc"] is not None]
     assert tested == [5]
+    # resumed as it was, the run keeps its minimum; epochs asked for now win over it
+    kept = resume_config(tmp_path / "run")[2]
+    assert (kept.epochs, kept.min_steps) == (5, 9)
+    again = resume_config(tmp_path / "run", {"epochs": 7})[2]
+    assert (again.epochs, again.min_steps) == (7, None)
 
 
 def test_count_of_training_images_without_decoding(tmp_path: Path) -> None:
@@ -370,6 +375,16 @@ def test_dry_run_shows_the_resolved_epochs_and_why(
     code, out, _ = run_cli(capsys, "train", "--recipe", "quick", "--dataset", "folder",
                            "--data-dir", str(root), "--epochs", "6", "--dry-run")  # fmt: skip
     assert "\nepochs: 6\n" in out and "\nmin_steps: null\n" in out
+
+
+def test_dry_run_refuses_a_bad_dataset_toml(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = write_toml(digit_folder(tmp_path), "mirror = 'no'\n")
+    code, _, err = run_cli(capsys, "train", "--dataset", "folder", "--data-dir", str(root),
+                           "--dry-run")  # fmt: skip
+    assert code == 2
+    assert err.strip().endswith(f"{root / 'dataset.toml'}: mirror must be true or false, not 'no'")
 
 
 # --- flip TTA that lowers the accuracy ------------------------------------------------------

@@ -386,15 +386,16 @@ def _folder_color(color: str, facts: DatasetFacts | None) -> str:
 
 def declared_mirror(name: str, options: DataOptions) -> tuple[bool, str] | None:
     """Whether a mirror image keeps its label in data set `name`, and who says so, found
-    without reading an image (a folder's dataset.toml at most); None for a folder not found."""
+    without reading an image (a folder's dataset.toml at most, refused in one line if it is
+    bad); None for a folder not found."""
     entry = get_entry(name)
     if entry.spec is not None:
         return entry.spec.mirror_ok, entry.spec.mirror_why
     try:
         root = _folder_root(options)
-        facts = read_facts(root) if root.is_dir() else None
-    except (UsageError, DataError):
+    except UsageError:  # no --data-dir: said when the data are read
         return None
+    facts = read_facts(root) if root.is_dir() else None  # a bad dataset.toml is said now
     if facts is None or facts.mirror is None:
         return (True, FOLDER_MIRROR_WHY) if root.is_dir() else None
     return facts.mirror, f"{facts.path} says mirror = {str(facts.mirror).lower()}"
