@@ -206,7 +206,7 @@ def test_mirror_flag_keeps_flips_where_the_data_set_says_no() -> None:
     fitted, fitted_spec, line = decide_mirroring(config, spec)
     assert (fitted.augment, fitted.tta, fitted_spec.mirror_ok) == ("flip", True, True)
     assert line == (
-        "mirroring on (flip, flip TTA): --mirror, although mnist says: a mirrored digit is "
+        "mirroring on (flip, flip TTA): --mirror, overriding mnist: a mirrored digit is "
         "another digit or none"
     )
 

@@ -112,7 +112,7 @@ def _mirroring(
         allowed = config.mirror
         why = "--mirror" if allowed else "--no-mirror"
         if allowed and not mirror_ok:
-            why += f", although {name} says: {mirror_why or 'it changes the label'}"
+            why += f", overriding {name}: {mirror_why or 'a mirror image changes its label'}"
     if not asked:
         return config, allowed, (
             f"mirroring off: the settings ask for no flip and no flip TTA ({why})"
