@@ -270,6 +270,24 @@ def test_the_run_says_whether_it_mirrors_before_it_trains(
     assert len(said) == 1 and said[0] < training[0], out
 
 
+def test_a_run_mirrored_against_the_data_is_evaluated_as_it_was_trained(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = write_toml(digit_folder(tmp_path / "data", per_class=3), "mirror = false\n")
+    settings = {**TINY, "epochs": 1, "image_size": 12, "batch_size": 9}
+    argv = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]
+    run = str(tmp_path / "run")
+    code, out, err = run_cli(
+        capsys, "train", *argv, "--augment", "altflip", "--tta", "--mirror", "--dataset",
+        "folder", "--data-dir", str(root), "--out", run,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "note: mirroring on (altflip, flip TTA): --mirror, overriding folder: " in out
+    for tta in ("--tta", "--no-tta"):
+        code, out, err = run_cli(capsys, "eval", run, tta)
+        assert code == 0 and "test accuracy" in out, err
+
+
 # --- a minimum of optimizer steps -----------------------------------------------------------
 
 SIZES = (1, 100, 1_000, 4_000, 50_000, 60_000, 1_000_000)

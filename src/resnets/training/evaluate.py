@@ -190,6 +190,8 @@ def evaluate_checkpoint(
     model, weights = model_from_checkpoint(state, file)
     runtime = Runtime.resolve(config.device, config.precision, config.channels_last)
     data = factory.load_data(config, quiet=True)
+    # mirroring as the run decided it (--mirror may have overridden the data's own fact)
+    data = replace(data, spec=replace(data.spec, mirror_ok=spec.mirror_ok))
     if data.spec.classes != spec.classes:
         raise DataError(
             f"{file} was trained on classes {', '.join(spec.classes[:5])}... but the data set "
