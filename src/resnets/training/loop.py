@@ -410,11 +410,12 @@ class Trainer:
         TTA_TOLERANCE: mirroring then most likely changes what the images mean."""
         plain, tta = result["acc_plain"], result["acc_tta"]
         if plain - tta > TTA_TOLERANCE:
+            folder = self.spec.name == "folder"
+            declare = " or declare mirror = false in dataset.toml" if folder else ""
             self._notice(
                 f"warning: flip TTA lowers the test accuracy from {plain:.2%} (images as they "
                 f"are) to {tta:.2%} (averaged with their mirror images): a sign that mirroring "
-                "changes what the images mean; try --no-mirror or declare mirror = false in "
-                "dataset.toml"
+                f"changes what the images mean; try --no-mirror{declare}"
             )
 
     def _finish_epoch(self, epoch: int, start: float) -> dict[str, Any]:
