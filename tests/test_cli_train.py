@@ -53,10 +53,14 @@ def test_train_then_eval(
     )
     assert code == 0, err
     lines = out.strip().splitlines()
-    assert lines[0].startswith("note: memory: the whole batch of 50 fits;")
-    assert lines[1].startswith("training cifar_resnet20 on fashion-mnist on cpu (fp32)")
+    assert lines[0] == (
+        "note: mirroring off: the settings ask for no flip and no flip TTA (fashion-mnist: a "
+        "mirrored garment is the same garment)"
+    )
+    assert lines[1].startswith("note: memory: the whole batch of 50 fits;")
+    assert lines[2].startswith("training cifar_resnet20 on fashion-mnist on cpu (fp32)")
     assert (
-        lines[2].startswith("epoch 1, loss ") and "test acc" in lines[2] and "images/s" in lines[2]
+        lines[3].startswith("epoch 1, loss ") and "test acc" in lines[3] and "images/s" in lines[3]
     )
     assert lines[-1].startswith("done: 2 epochs in ")
 

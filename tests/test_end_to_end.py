@@ -70,7 +70,10 @@ def test_mnist_idx_files_drop_the_flip(
         capsys, tmp_path / "run", *flags(TINY), "--dataset", "mnist", "--data-dir",
         str(data_dir), "--no-verify", "--augment", "crop+flip", "--tta",
     )  # fmt: skip
-    assert "note: mnist: a mirrored image is not the same class, so no flip and no TTA" in out
+    assert (
+        "note: mirroring off (flip and flip TTA dropped): mnist: a mirrored digit is another "
+        "digit or none"
+    ) in out
     assert "training cifar_resnet20 on mnist" in out
     config = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["config"]
     assert (config["augment"], config["tta"]) == ("crop", False)

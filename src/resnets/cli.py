@@ -34,7 +34,7 @@ from resnets.training import (
 from resnets.training.checkpoint import model_from_checkpoint
 from resnets.training.config import PRECISIONS, RECIPES
 from resnets.training.evaluate import eval_config
-from resnets.training.factory import resume_config
+from resnets.training.factory import resolve_before_data, resume_config
 from resnets.training.loop import seconds_since_process_start
 from resnets.training.memory import format_bytes, parse_memory_budget
 from resnets.training.runtime import Runtime, resolve_device
@@ -80,11 +80,16 @@ def _summary(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dry_run(config: TrainConfig, what: str, extra: dict[str, Any] | None = None) -> int:
-    """Print the settings as YAML (as config.yaml holds them), after checking the device."""
+def _dry_run(
+    config: TrainConfig, what: str, extra: dict[str, Any] | None = None, notes: Sequence[str] = ()
+) -> int:
+    """Print the settings as YAML (as config.yaml holds them), after checking the device;
+    `notes` are printed as comments first."""
     runtime = Runtime.resolve(config.device, config.precision, config.channels_last)
     print(f"# {what}: these settings are valid; it would run on {runtime.device} "
           f"({runtime.precision}); --dry-run read no data and ran nothing")  # fmt: skip
+    for note in notes:
+        print(f"# {note}")
     print(yaml.safe_dump({**config.to_dict(), **(extra or {})}, sort_keys=False), end="")
     return 0
 
@@ -103,7 +108,8 @@ def _train(args: argparse.Namespace) -> int:
             return _dry_run(config, f"resnets train --resume {path}")
         trainer = resume_trainer(args.resume, settings, quiet=args.quiet, started=started)
     elif args.dry_run:
-        return _dry_run(make_config(args.recipe, args.config, settings), "resnets train")
+        config, notes = resolve_before_data(make_config(args.recipe, args.config, settings))
+        return _dry_run(config, "resnets train", notes=notes)
     else:
         config = make_config(args.recipe, args.config, settings)
         trainer = start_trainer(config, quiet=args.quiet, started=started)

@@ -20,6 +20,7 @@ import torch
 
 from resnets.data import cifar, mnist
 from resnets.data.download import cache_root, fetch
+from resnets.data.facts import DatasetFacts, class_order, read_facts
 from resnets.data.mnist import DataNotFoundError
 from resnets.data.spec import DataSpec
 from resnets.errors import DataError, UsageError
@@ -27,6 +28,11 @@ from resnets.errors import DataError, UsageError
 # The share of a one-folder image set held out as its test split (fixed seed, stratified).
 FOLDER_TEST_FRACTION = 0.2
 FOLDER_TEST_SEED = 0
+# Said when a folder declares nothing about mirroring: what is assumed, and how to change it.
+FOLDER_MIRROR_WHY = (
+    "a mirror image is taken to keep its label, as no dataset.toml says otherwise (digits "
+    "and text do not: put mirror = false in ROOT/dataset.toml, or pass --no-mirror)"
+)
 
 
 @dataclass
@@ -119,6 +125,7 @@ class DatasetEntry:
     find: Callable[[DataOptions], Path | None]
     places: Callable[[DataOptions], list[Path]]
     spec: DataSpec | None  # None where the data decide it (a folder of images)
+    train_images: int | None = None  # the training split's size, where it is fixed
 
 
 DATASETS: dict[str, DatasetEntry] = {}
@@ -132,11 +139,14 @@ def register_dataset(
     find: Callable[[DataOptions], Path | None],
     places: Callable[[DataOptions], list[Path]],
     spec: DataSpec | None = None,
+    train_images: int | None = None,
 ) -> Callable[[Callable[[DataOptions], Dataset]], Callable[[DataOptions], Dataset]]:
     """Add the decorated loader to DATASETS under `name`."""
 
     def register(load: Callable[[DataOptions], Dataset]) -> Callable[[DataOptions], Dataset]:
-        DATASETS[name] = DatasetEntry(name, summary, obtained, load, find, places, spec)
+        DATASETS[name] = DatasetEntry(
+            name, summary, obtained, load, find, places, spec, train_images
+        )
         return load
 
     return register
@@ -186,6 +196,7 @@ def _idx_places(idx_set: mnist.IdxSet) -> Callable[[DataOptions], list[Path]]:
     find=_idx_finder(mnist.FASHION_MNIST),
     places=_idx_places(mnist.FASHION_MNIST),
     spec=mnist.FASHION_MNIST.spec,
+    train_images=60_000,
 )
 def load_fashion_mnist_set(options: DataOptions) -> Dataset:
     return _load_idx_set(mnist.FASHION_MNIST, options)
@@ -198,6 +209,7 @@ def load_fashion_mnist_set(options: DataOptions) -> Dataset:
     find=_idx_finder(mnist.MNIST),
     places=_idx_places(mnist.MNIST),
     spec=mnist.MNIST.spec,
+    train_images=60_000,
 )
 def load_mnist_set(options: DataOptions) -> Dataset:
     return _load_idx_set(mnist.MNIST, options)
@@ -231,7 +243,8 @@ def cifar_spec(name: str, labels: str = "fine") -> DataSpec:
     mean, std = CIFAR_MEAN_STD[name]
     return DataSpec(
         name=name, classes=classes, channels=3, size=32, mean=mean, std=std, mirror_ok=True,
-        pad=4, extra={"labels": labels} if name == "cifar100" else {},
+        pad=4, mirror_why="a mirrored photograph shows the same thing",
+        extra={"labels": labels} if name == "cifar100" else {},
     )  # fmt: skip
 
 
@@ -275,6 +288,7 @@ def _cifar_finder(name: str) -> Callable[[DataOptions], Path | None]:
     find=_cifar_finder("cifar10"),
     places=lambda options: [_cifar_root("cifar10", options)],
     spec=cifar_spec("cifar10"),
+    train_images=50_000,
 )
 def load_cifar10(options: DataOptions) -> Dataset:
     return _load_cifar("cifar10", options)
@@ -287,6 +301,7 @@ def load_cifar10(options: DataOptions) -> Dataset:
     find=_cifar_finder("cifar100"),
     places=lambda options: [_cifar_root("cifar100", options)],
     spec=cifar_spec("cifar100"),
+    train_images=50_000,
 )
 def load_cifar100(options: DataOptions) -> Dataset:
     return _load_cifar("cifar100", options)
@@ -319,24 +334,96 @@ def load_folder(options: DataOptions) -> Dataset:
     from resnets.data import folder  # noqa: PLC0415 (Pillow only where folders are read)
 
     root = _folder_root(options)
+    facts = read_facts(root) if root.is_dir() else None
     data = folder.load_image_folder(
-        root, size=options.cache_size, color=options.color, progress=options.progress,
-        warn=options.warn,
+        root, size=options.cache_size, color=_folder_color(options.color, facts),
+        progress=options.progress, warn=options.warn,
     )  # fmt: skip
+    classes, train_labels, test_labels = data.classes, data.train_labels, data.test_labels
+    if facts is not None and facts.classes is not None:
+        order = torch.tensor(class_order(facts, data.classes))
+        classes, train_labels = facts.classes, order[train_labels]
+        test_labels = None if test_labels is None else order[test_labels]
+    mean, std = data.mean, data.std
+    if facts is not None and facts.mean is not None and facts.std is not None:
+        mean, std = facts.mean, facts.std
+    if len(mean) != data.channels:
+        raise DataError(
+            f"{facts.path if facts else root}: mean and std have {len(mean)} value(s) but the "
+            f"images have {data.channels} channel(s); give one per channel"
+        )
     spec = DataSpec(
-        name="folder", classes=data.classes, channels=data.channels, size=options.cache_size,
-        mean=data.mean, std=data.std, mirror_ok=True, pad=max(1, round(options.cache_size / 8)),
+        name="folder", classes=classes, channels=data.channels, size=options.cache_size,
+        mean=mean, std=std, mirror_ok=True, pad=max(1, round(options.cache_size / 8)),
+        mirror_why=FOLDER_MIRROR_WHY,
         extra={"root": str(root.resolve())},
     )  # fmt: skip
-    train = Split(data.train_images, data.train_labels)
-    if data.test_images is None or data.test_labels is None:
+    if facts is not None and facts.mirror is not None:
+        said = f"{facts.path} says mirror = {str(facts.mirror).lower()}"
+        spec = replace(spec, mirror_ok=facts.mirror, mirror_why=said)
+    train = Split(data.train_images, train_labels)
+    if data.test_images is None or test_labels is None:
         keep, held = stratified_split(train.labels, FOLDER_TEST_FRACTION, FOLDER_TEST_SEED)
         note = (
             f"{root} has no val/ or test/ split: {len(held)} images "
             f"({FOLDER_TEST_FRACTION:.0%} of each class, fixed seed) are held out as the test set"
         )
         return Dataset(spec, train.select(keep), train.select(held), notes=[note])
-    return Dataset(spec, train, Split(data.test_images, data.test_labels))
+    return Dataset(spec, train, Split(data.test_images, test_labels))
+
+
+def _folder_color(color: str, facts: DatasetFacts | None) -> str:
+    """--color, or what dataset.toml's `channels` says; the two must not disagree."""
+    if facts is None or facts.channels is None:
+        return color
+    declared = "gray" if facts.channels == 1 else "rgb"
+    if color not in ("auto", declared):
+        raise UsageError(
+            f"--color {color} but {facts.path} says channels = {facts.channels}; drop one"
+        )
+    return declared
+
+
+def declared_mirror(name: str, options: DataOptions) -> tuple[bool, str] | None:
+    """Whether a mirror image keeps its label in data set `name`, and who says so, found
+    without reading an image (a folder's dataset.toml at most, refused in one line if it is
+    bad); None for a folder not found."""
+    entry = get_entry(name)
+    if entry.spec is not None:
+        return entry.spec.mirror_ok, entry.spec.mirror_why
+    try:
+        root = _folder_root(options)
+    except UsageError:  # no --data-dir: said when the data are read
+        return None
+    facts = read_facts(root) if root.is_dir() else None  # a bad dataset.toml is said now
+    if facts is None or facts.mirror is None:
+        return (True, FOLDER_MIRROR_WHY) if root.is_dir() else None
+    return facts.mirror, f"{facts.path} says mirror = {str(facts.mirror).lower()}"
+
+
+def count_train_images(
+    name: str, options: DataOptions, train_samples: int | None = None, val_fraction: float = 0.0
+) -> int | None:
+    """How many images the training split of `name` will have, found without decoding any:
+    its fixed size, or a folder's image files counted (unreadable ones, which the real run
+    skips, included); None for a folder not found. The validation hold-out is rounded as a
+    whole rather than class by class, so it can differ from the real run by a few images."""
+    entry = get_entry(name)
+    if entry.train_images is not None:
+        count = entry.train_images
+    else:
+        from resnets.data import folder  # noqa: PLC0415 (Pillow only where folders are read)
+
+        try:
+            per_class, has_test = folder.count_files(_folder_root(options))
+        except (UsageError, DataError, OSError):
+            return None
+        held = [0 if has_test else max(0, min(n - 1, round(FOLDER_TEST_FRACTION * n)))
+                for n in per_class]  # fmt: skip
+        count = sum(per_class) - sum(held)
+    if train_samples is not None:
+        count = min(count, train_samples)
+    return count - round(val_fraction * count)
 
 
 # ---- subsets and hold-outs ---------------------------------------------------------------------

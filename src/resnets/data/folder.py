@@ -189,6 +189,17 @@ def load_image_folder(
 # -- listing ---------------------------------------------------------------------------------
 
 
+def count_files(root: str | Path) -> tuple[list[int], bool]:
+    """Image files per class of the training split (class folders in sorted order), and
+    whether the folder has its own test or val split: a listing, nothing decoded."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"{root}: no such folder")
+    train, test = _list_splits(root, default_cache_dir(root))
+    counts = np.bincount([label for _, label in train.files], minlength=len(train.classes))
+    return [int(n) for n in counts], test is not None
+
+
 def _visible_dirs(folder: Path, exclude: Path) -> dict[str, Path]:
     """Non-hidden sub-folders of `folder` by name, sorted, leaving out the cache folder."""
     found = {}

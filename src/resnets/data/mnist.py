@@ -81,6 +81,7 @@ FASHION_MNIST = IdxSet(
         classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                  "Sneaker", "Bag", "Ankle boot"),
         channels=1, size=28, mean=(0.2860,), std=(0.3530,), mirror_ok=True, pad=2,
+        mirror_why="a mirrored garment is the same garment",
     ),  # fmt: skip
     sha256=FASHION_MNIST_SHA256,
     md5={},
@@ -96,6 +97,7 @@ MNIST = IdxSet(
     spec=DataSpec(
         name="mnist", classes=tuple(str(d) for d in range(10)), channels=1, size=28,
         mean=(0.1307,), std=(0.3081,), mirror_ok=False, pad=2,
+        mirror_why="a mirrored digit is another digit or none",
     ),  # fmt: skip
     sha256={},
     md5={

@@ -17,7 +17,8 @@ class DataSpec:
     """What a model trained on a data set needs to know about its images.
 
     `mean` and `std` are per channel on the [0, 1] scale, over the training split.
-    `mirror_ok` says whether a left-right mirror image keeps its label (not for digits).
+    `mirror_ok` says whether a left-right mirror image keeps its label (not for digits), and
+    `mirror_why` who says so, in words, for the line a run starts with.
     `pad` is the random-shift crop's reach in pixels at the native `size`.
     """
 
@@ -29,6 +30,7 @@ class DataSpec:
     std: tuple[float, ...]
     mirror_ok: bool = True
     pad: int = 2
+    mirror_why: str = field(default="", compare=False)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:

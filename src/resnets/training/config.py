@@ -62,6 +62,11 @@ class TrainConfig:
 
     model: str = _setting("d2l_resnet18", "model name (see `resnets models`)")
     epochs: int = _setting(5, "total epochs (with --resume: train until this many)")
+    min_steps: int | None = _setting(
+        None, "train at least this many optimizer steps: on a small data set the epochs are "
+        "raised to reach it, milestones, warm-up and eval_every scaled alike (the recipes set "
+        "it; epochs given with --epochs or --config win)"
+    )
     batch_size: int = _setting(256, "images per optimizer step")
     lr: float = _setting(0.05, "peak learning rate")
     optimizer: str = _setting(
@@ -122,6 +127,11 @@ class TrainConfig:
         "stopped or restarted run (torchrun --max-restarts) loses at most N steps"
     )
     tta: bool = _setting(False, "evaluate on each image and its mirror image, averaged")
+    mirror: bool | None = _setting(
+        None, "mirror images (flip, altflip, --tta): default as the data set says (a folder: "
+        "its dataset.toml's mirror, else yes); --no-mirror turns them all off, --mirror "
+        "keeps them where the data set says no"
+    )
     ema: float = _setting(0.0, "decay of an exponential moving average of the weights (0: off)")
     weights: str | None = _setting(
         None, "start from these weights: a torchvision .pth, or a resnets run folder, checkpoint "
@@ -172,7 +182,8 @@ class TrainConfig:
                 )
         positive = ("epochs", "batch_size", "image_size", "eval_batch_size", "eval_every")
         optional_positive = (
-            "train_samples", "test_samples", "micro_batch", "cache_size", "checkpoint_every"
+            "train_samples", "test_samples", "micro_batch", "cache_size", "checkpoint_every",
+            "min_steps",
         )
         for name in positive + optional_positive:
             value = getattr(self, name)
@@ -217,9 +228,11 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-# Named recipes: overrides of the defaults. See BENCHMARKS.md for what each one measured.
+# Named recipes: overrides of the defaults. See BENCHMARKS.md for what each one measured. Each
+# takes at least the optimizer steps it takes on the data set it was made for (`min_steps`,
+# RECIPE_BASIS), so that a smaller data set trains for as many steps in more epochs.
 RECIPES: dict[str, dict[str, Any]] = {
-    "chapter": {},
+    "chapter": {"min_steps": 5 * 235},
     # the quarter-width ResNet-18 at 28 px: 6 epochs for 93% in 2.5 minutes on 2 CPU cores,
     # 12 for 94% in 5 (BENCHMARKS.md, "Faster still")
     "quick": {
@@ -227,19 +240,21 @@ RECIPES: dict[str, dict[str, Any]] = {
         "epochs": 6, "batch_size": 256, "optimizer": "nesterov", "lr": 0.2,
         "weight_decay": 5e-4, "schedule": "onecycle", "label_smoothing": 0.1,
         "augment": "altflip", "zero_init_residual": True, "tta": True, "eval_every": 6,
+        "min_steps": 6 * 235,
     },
     "fast": {
         "model": "resnet18", "small_input": True, "width": 0.25, "image_size": 28,
         "epochs": 12, "batch_size": 256, "optimizer": "nesterov", "lr": 0.2,
         "weight_decay": 5e-4, "schedule": "onecycle", "label_smoothing": 0.1,
         "augment": "flip", "zero_init_residual": True, "tta": True, "eval_every": 12,
+        "min_steps": 12 * 235,
     },
     "best": {
         "model": "resnet18", "small_input": True, "width": 0.5, "image_size": 28,
         "epochs": 50, "batch_size": 256, "optimizer": "nesterov", "lr": 0.2,
         "weight_decay": 5e-4, "schedule": "onecycle", "label_smoothing": 0.1,
         "augment": "crop+flip+erase", "zero_init_residual": True, "tta": True, "ema": 0.999,
-        "eval_every": 5,
+        "eval_every": 5, "min_steps": 50 * 235,
     },
     # He et al. 2015, section 4.2: batch 128, SGD momentum 0.9, weight decay 1e-4, lr 0.1
     # divided by 10 at 32k and 48k iterations, stop at 64k; pad 4, random 32x32 crop, mirror.
@@ -250,9 +265,59 @@ RECIPES: dict[str, dict[str, Any]] = {
         "batch_size": 128, "optimizer": "sgd", "momentum": 0.9, "lr": 0.1,
         "weight_decay": 1e-4, "schedule": "step", "milestones": (81.84, 122.76),
         "warmup_epochs": 1.024, "augment": "crop+flip", "eval_batch_size": 1000,
-        "eval_every": 4,
+        "eval_every": 4, "min_steps": 64_000,
     },
 }  # fmt: skip
+
+
+# The epochs and training images each recipe's min_steps was counted at (235 batches of 256 make
+# an epoch of Fashion-MNIST's 60,000 images; cifar-paper stops at the paper's 64k iterations).
+RECIPE_BASIS: dict[str, str] = {
+    "chapter": "5 epochs at 60,000 images", "quick": "6 epochs at 60,000 images",
+    "fast": "12 epochs at 60,000 images", "best": "50 epochs at 60,000 images",
+    "cifar-paper": "64k iterations at 50,000 images",
+}  # fmt: skip
+
+
+def steps_per_epoch(train_images: int, batch_size: int) -> int:
+    """Optimizer steps in an epoch: every batch, the last (smaller) one included."""
+    return max(1, -(-train_images // batch_size))
+
+
+def stretch_to_min_steps(config: TrainConfig, train_images: int) -> tuple[TrainConfig, str]:
+    """The settings with `epochs` raised until the run takes `min_steps` optimizer steps on
+    `train_images` images, and a line that says what was resolved and why.
+
+    The schedule is a function of the total steps, so onecycle and cosine stretch with it;
+    settings counted in epochs (milestones, warm-up) and the evaluation cadence are scaled by
+    the same factor, so the run evaluates as often and decays at the same share of training.
+    """
+    per_epoch = steps_per_epoch(train_images, config.batch_size)
+    steps = config.epochs * per_epoch
+    at = f"at {train_images:,} training images ({per_epoch:,} steps of {config.batch_size})"
+    if config.min_steps is None:
+        return config, f"{config.epochs} epochs {at}: {steps:,} steps (no min_steps)"
+    basis = next(
+        (f"{name}: {RECIPE_BASIS[name]}; " for name, settings in RECIPES.items()
+         if settings.get("min_steps") == config.min_steps and name in RECIPE_BASIS), "",
+    )  # fmt: skip
+    needed = -(-config.min_steps // per_epoch)
+    if needed <= config.epochs:
+        return config, (
+            f"{basis}{config.epochs} epochs {at}: {steps:,} steps, at least min_steps "
+            f"{config.min_steps:,}"
+        )
+    factor = needed / config.epochs
+    stretched = dataclasses.replace(
+        config, epochs=needed, warmup_epochs=config.warmup_epochs * factor,
+        milestones=tuple(m * factor for m in config.milestones),
+        eval_every=max(1, round(config.eval_every * factor)),
+    )  # fmt: skip
+    return stretched, (
+        f"{basis}{at}, {needed} epochs ({needed * per_epoch:,} steps) to reach min_steps "
+        f"{config.min_steps:,} instead of {config.epochs} ({steps:,} steps); give --epochs to "
+        "choose yourself"
+    )
 
 
 def field_names() -> list[str]:
@@ -320,15 +385,21 @@ def make_config(
     config_file: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> TrainConfig:
-    """Defaults, then a recipe, then a file, then explicit overrides (None values are skipped)."""
+    """Defaults, then a recipe, then a file, then explicit overrides (None values are skipped).
+
+    Epochs given by the file or the overrides drop the recipe's `min_steps` (unless they give
+    one too): the user's number of epochs is the one trained."""
     settings: dict[str, Any] = {}
     if recipe is not None:
         if recipe not in RECIPES:
             raise UsageError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
         settings.update(RECIPES[recipe])
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
     if config_file is not None:
-        settings.update(read_config_file(config_file))
-    settings.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        given = {**read_config_file(config_file), **given}
+    settings.update(given)
+    if "epochs" in given and "min_steps" not in given:
+        settings["min_steps"] = None  # epochs the user chose win over a recipe's minimum
     unknown = sorted(set(settings) - set(field_names()))
     if unknown:
         raise UsageError(f"unknown setting(s) {', '.join(unknown)}")

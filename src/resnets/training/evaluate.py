@@ -59,6 +59,7 @@ def evaluate(
     desc: str = "eval",
     keep_predictions: bool = False,
     sharded: bool = False,
+    compare_tta: bool = False,
 ) -> dict[str, Any]:
     """Mean cross-entropy, accuracy and the confusion matrix (rows: true class, cols: predicted).
 
@@ -66,6 +67,9 @@ def evaluate(
     With `progress`, a progress bar (`total` batches, labelled `desc`) shows on a terminal and
     is cleared at the end. With `keep_predictions`, the result also holds each image's
     "predicted" class and its softmax probability, "confidence" (CPU tensors, in batch order).
+    With `compare_tta`, it also holds "acc_plain" and "acc_tta": the accuracy on the images as
+    they are and averaged with their mirror images, from the same two forward passes that
+    flip TTA runs anyway (the other figures still follow `tta`).
     """
     was_training = model.training
     model.eval()
@@ -74,16 +78,27 @@ def evaluate(
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
     predicted: list[torch.Tensor] = []
     confidence: list[torch.Tensor] = []
+    both_correct = torch.zeros(2, dtype=torch.long, device=device)  # (plain, TTA)
 
     def run(
         x: torch.Tensor, y: torch.Tensor, chunk: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        logits = torch.cat(
-            [predict(model, part, device, precision, tta) for part in x.split(chunk)]
-        )
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        counts = None
+        if compare_tta:
+            plain = torch.cat([predict(model, part, device, precision, False)
+                               for part in x.split(chunk)])  # fmt: skip
+            mirrored = torch.cat([predict(model, part.flip(-1), device, precision, False)
+                                  for part in x.split(chunk)])  # fmt: skip
+            averaged = (plain + mirrored) / 2
+            logits = averaged if tta else plain
+            counts = torch.stack([(plain.argmax(1) == y).sum(), (averaged.argmax(1) == y).sum()])
+        else:
+            logits = torch.cat(
+                [predict(model, part, device, precision, tta) for part in x.split(chunk)]
+            )
         loss = F.cross_entropy(logits, y, reduction="sum")
         top = logits.softmax(1).amax(1) if keep_predictions else None
-        return loss, y * num_classes + logits.argmax(1), top
+        return loss, y * num_classes + logits.argmax(1), top, counts
 
     bar = tqdm(
         batches, total=total, desc=desc, unit="batch", leave=False,
@@ -92,8 +107,10 @@ def evaluate(
     for x, y in bar:
         if len(y) == 0:  # a process's share of a last batch smaller than the world
             continue
-        loss, cells, top = fallback.run(len(x), partial(run, x, y), "eval batch")
+        loss, cells, top, counts = fallback.run(len(x), partial(run, x, y), "eval batch")
         loss_sum += loss
+        if counts is not None:
+            both_correct += counts
         confusion += torch.bincount(cells, minlength=num_classes * num_classes)
         if top is not None:
             predicted.append((cells % num_classes).cpu())
@@ -104,6 +121,8 @@ def evaluate(
             raise ValueError("predictions are kept only when one process evaluates the split")
         distributed.all_reduce_sum(loss_sum)
         distributed.all_reduce_sum(confusion)
+        if compare_tta:
+            distributed.all_reduce_sum(both_correct)
     matrix = confusion.view(num_classes, num_classes).cpu()
     total = int(matrix.sum())
     if total == 0:
@@ -116,6 +135,9 @@ def evaluate(
         "confusion": matrix.tolist(),
         "images": total,
     }
+    if compare_tta:
+        plain, averaged = both_correct.tolist()
+        result["acc_plain"], result["acc_tta"] = plain / total, averaged / total
     if keep_predictions:
         result["predicted"] = torch.cat(predicted)
         result["confidence"] = torch.cat(confidence)
@@ -168,6 +190,8 @@ def evaluate_checkpoint(
     model, weights = model_from_checkpoint(state, file)
     runtime = Runtime.resolve(config.device, config.precision, config.channels_last)
     data = factory.load_data(config, quiet=True)
+    # mirroring as the run decided it (--mirror may have overridden the data's own fact)
+    data = replace(data, spec=replace(data.spec, mirror_ok=spec.mirror_ok))
     if data.spec.classes != spec.classes:
         raise DataError(
             f"{file} was trained on classes {', '.join(spec.classes[:5])}... but the data set "

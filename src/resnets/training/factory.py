@@ -17,7 +17,14 @@ import torch
 from torch import nn
 
 from resnets.data.batches import MIRRORS, DeviceBatches, parse_augment
-from resnets.data.datasets import DataOptions, Dataset, Split, load_dataset
+from resnets.data.datasets import (
+    DataOptions,
+    Dataset,
+    Split,
+    count_train_images,
+    declared_mirror,
+    load_dataset,
+)
 from resnets.data.spec import DataSpec
 from resnets.errors import DataError, UsageError
 from resnets.models import create_model
@@ -34,7 +41,7 @@ from resnets.training.checkpoint import (
     saved_config,
     saved_data_spec,
 )
-from resnets.training.config import TrainConfig
+from resnets.training.config import TrainConfig, stretch_to_min_steps
 from resnets.training.loop import Batches, Trainer, notice
 from resnets.training.memory import format_bytes
 from resnets.training.plan import DATA_SHARE, find_budget
@@ -87,16 +94,76 @@ def load_data_per_node(
     return data
 
 
-def fit_to_data(config: TrainConfig, spec: DataSpec, quiet: bool = False) -> TrainConfig:
-    """The settings with mirroring dropped where a mirror image changes the label (digits)."""
-    if spec.mirror_ok:
-        return config
+def _mirroring(
+    config: TrainConfig, name: str, mirror_ok: bool, mirror_why: str
+) -> tuple[TrainConfig, bool, str]:
+    """The settings with mirroring decided for data set `name`, whether it is allowed, and one
+    line that says whether it is on and why: the data set's own fact (`mirror_ok`, said by
+    `mirror_why`), unless --mirror/--no-mirror overrides it. Where it is off, flip and altflip
+    leave `augment` and flip TTA is off."""
     parts = parse_augment(config.augment)
-    if not any(m in parts for m in MIRRORS) and not config.tta:
-        return config
-    notice(quiet)(f"{spec.name}: a mirrored image is not the same class, so no flip and no TTA")
+    asked = [p for p in parts if p in MIRRORS] + (["flip TTA"] if config.tta else [])
+    if config.mirror is None:
+        allowed = mirror_ok
+        said = mirror_why or ("a mirror image keeps its label" if allowed else
+                              "a mirror image changes its label")  # fmt: skip
+        why = f"{name}: {said}"
+    else:
+        allowed = config.mirror
+        why = "--mirror" if allowed else "--no-mirror"
+        if allowed and not mirror_ok:
+            why += f", overriding {name}: {mirror_why or 'a mirror image changes its label'}"
+    if not asked:
+        return config, allowed, (
+            f"mirroring off: the settings ask for no flip and no flip TTA ({why})"
+        )
+    if allowed:
+        return config, allowed, f"mirroring on ({', '.join(asked)}): {why}"
     kept = "+".join(p for p in parts if p not in MIRRORS) or "none"
-    return dataclasses.replace(config, augment=kept, tta=False)
+    fitted = dataclasses.replace(config, augment=kept, tta=False)
+    return fitted, allowed, f"mirroring off ({' and '.join(asked)} dropped): {why}"
+
+
+def decide_mirroring(config: TrainConfig, spec: DataSpec) -> tuple[TrainConfig, DataSpec, str]:
+    """The settings and spec with mirroring decided (see `_mirroring`), and the line that says
+    so; the spec's `mirror_ok` becomes what this run assumes."""
+    fitted, allowed, line = _mirroring(config, spec.name, spec.mirror_ok, spec.mirror_why)
+    return fitted, dataclasses.replace(spec, mirror_ok=allowed), line
+
+
+def resolve_before_data(config: TrainConfig) -> tuple[TrainConfig, list[str]]:
+    """What `--dry-run` can resolve without reading an image: mirroring (from the data set's
+    facts, a folder's dataset.toml) and the epochs that reach `min_steps` (from the number of
+    training images, a folder's files counted). Returns the settings and a line for each."""
+    options = data_options(config, quiet=True)
+    lines = []
+    fact = declared_mirror(config.dataset, options)
+    if fact is None:
+        lines.append("mirroring: decided when the data are read (no folder found)")
+    else:
+        config, _, line = _mirroring(config, config.dataset, *fact)
+        lines.append(line)
+    count = count_train_images(
+        config.dataset, options, config.train_samples, config.val_fraction
+    )
+    if count is None:
+        lines.append(
+            f"epochs: {config.epochs} (no min_steps)" if config.min_steps is None else
+            f"epochs: {config.epochs}, raised when the data are read if they are too few for "
+            f"min_steps {config.min_steps:,}"
+        )  # fmt: skip
+    else:
+        config, line = stretch_to_min_steps(config, count)
+        lines.append(f"epochs: {line}")
+    return config, lines
+
+
+def fit_to_data(config: TrainConfig, spec: DataSpec, quiet: bool = False) -> TrainConfig:
+    """The settings with mirroring dropped where it is off (see `decide_mirroring`), the line
+    that says so printed; the same object when nothing changed."""
+    fitted, _, line = decide_mirroring(config, spec)
+    notice(quiet)(line)
+    return fitted
 
 
 def model_kwargs(config: TrainConfig, spec: DataSpec) -> dict[str, Any]:
@@ -218,7 +285,13 @@ def build_trainer(
     weights = read_weights(config.weights) if fresh and config.weights is not None else None
     runtime = Runtime.resolve(device_of(config, place), config.precision, config.channels_last)
     data = data or load_data_per_node(config, quiet, place)
-    config = fit_to_data(config, data.spec, quiet)
+    config, spec, line = decide_mirroring(config, data.spec)
+    notice(quiet)(line)
+    data = dataclasses.replace(data, spec=spec)
+    stretched, line = stretch_to_min_steps(config, len(data.train))
+    if stretched.epochs != config.epochs:
+        notice(quiet)(line)
+    config = stretched
     model = build_model(config, data.spec, runtime)
     start_from_weights(model, config, weights, quiet)  # freezing applies to a resumed run too
     if place.world > 1 and config.sync_bn:
@@ -275,6 +348,8 @@ def resume_config(
             f"cannot change {', '.join(fixed)} when resuming; only {', '.join(RESUMABLE)} may "
             "change (start a new run for the rest)"
         )
+    if "epochs" in changes:
+        changes["min_steps"] = None  # the epochs asked for now win over the minimum
     return path, state, saved_config(path, {**saved, **changes})
 
 

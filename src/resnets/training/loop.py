@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from resnets.data.batches import DeviceBatches
+from resnets.data.batches import MIRRORS, DeviceBatches
 from resnets.data.spec import DataSpec
 from resnets.errors import ResnetsError, UsageError
 from resnets.pretrained import backbone_norms_eval, split_parameters
@@ -38,6 +38,8 @@ from resnets.training.schedule import learning_rate
 from resnets.training.step import StepParts, train_step
 
 NAN_CHECK_EVERY = 20  # steps between finiteness checks (each costs a device sync)
+# How much lower the test accuracy with flip TTA may be than without before a run warns.
+TTA_TOLERANCE = 0.005
 
 
 def notice(quiet: bool) -> Callable[[str], None]:
@@ -385,8 +387,9 @@ class Trainer:
             self._stop_requested = True
         return bool(stop)
 
-    def evaluate(self, split: str = "test") -> dict[str, Any]:
-        """Loss and accuracy of the current weights (the EMA weights when enabled) on `split`."""
+    def evaluate(self, split: str = "test", compare_tta: bool = False) -> dict[str, Any]:
+        """Loss and accuracy of the current weights (the EMA weights when enabled) on `split`;
+        with `compare_tta`, also with and without flip TTA (see `evaluate`)."""
         batches = self.batches.val if split == "val" else self.batches.test
         if batches is None:
             raise UsageError("this run holds out no validation split (see --val-fraction)")
@@ -395,8 +398,25 @@ class Trainer:
             model, batches.epoch(0), device=self.device, precision=self.precision,
             tta=self.config.tta, num_classes=self.spec.num_classes, fallback=self.eval_fallback,
             progress=not self.quiet, total=len(batches), desc=f"eval {split}",
-            sharded=self.place.world > 1,
+            sharded=self.place.world > 1, compare_tta=compare_tta,
         )  # fmt: skip
+
+    def _mirrors(self) -> bool:
+        """Whether this run mirrors images: flip or altflip in training, or flip TTA."""
+        return self.config.tta or any(m in self.batches.train.augment for m in MIRRORS)
+
+    def _warn_if_tta_hurts(self, result: dict[str, Any]) -> None:
+        """Say so when averaging with mirror images lowers the held-out accuracy by more than
+        TTA_TOLERANCE: mirroring then most likely changes what the images mean."""
+        plain, tta = result["acc_plain"], result["acc_tta"]
+        if plain - tta > TTA_TOLERANCE:
+            folder = self.spec.name == "folder"
+            declare = " or declare mirror = false in dataset.toml" if folder else ""
+            self._notice(
+                f"warning: flip TTA lowers the test accuracy from {plain:.2%} (images as they "
+                f"are) to {tta:.2%} (averaged with their mirror images): a sign that mirroring "
+                f"changes what the images mean; try --no-mirror{declare}"
+            )
 
     def _finish_epoch(self, epoch: int, start: float) -> dict[str, Any]:
         """Evaluate (when due), and record the epoch; `seconds` covers training and evaluation.
@@ -408,8 +428,12 @@ class Trainer:
         due = (epoch + 1) % self.config.eval_every == 0 or epoch + 1 == self.config.epochs
         row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": pos.loss_sum / pos.seen,
                                "train_acc": pos.correct / pos.seen}  # fmt: skip
+        compare = epoch + 1 == self.config.epochs and self._mirrors()  # at the end, cheaply
         for split in ("val", "test"):
-            result = self.evaluate(split) if due and (split == "test" or self.batches.val) else {}
+            wanted = due and (split == "test" or self.batches.val)
+            result = self.evaluate(split, compare and split == "test") if wanted else {}
+            if "acc_tta" in result:
+                self._warn_if_tta_hurts(result)
             row[f"{split}_loss"], row[f"{split}_acc"] = result.get("loss"), result.get("acc")
         row.update(
             images_per_sec=pos.seen / pos.train_seconds if pos.train_seconds else 0.0,

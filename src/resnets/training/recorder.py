@@ -17,6 +17,7 @@ import errno
 import io
 import json
 import os
+import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +29,8 @@ from resnets.errors import DiskError, UsageError
 from resnets.files import DISK_ERRNOS, free_bytes, write_atomic
 from resnets.training.checkpoint import checkpoint_bytes, save_checkpoint
 from resnets.training.plots import plot_confusion, plot_curves, plot_predictions
+
+PLOT_EVERY = 30.0  # seconds between redrawings of curves.png for epochs that were not evaluated
 
 # `seconds`: the epoch's training and evaluation. `elapsed`: wall seconds from the start of
 # the run to the end of the epoch's evaluation, start-up, data loading and earlier epochs'
@@ -55,6 +58,7 @@ class RunFolder:
         self.elsewhere = elsewhere
         self.writes = writes
         self.last_position: dict[str, Any] | None = None  # where last.pt stands, when known
+        self._plotted_at: float | None = None  # time.monotonic() of the last curves.png
 
     @property
     def last(self) -> Path:
@@ -210,7 +214,11 @@ class RunFolder:
         return path
 
     def write_metrics(self, history: Sequence[dict[str, Any]], title: str) -> None:
-        """`metrics.csv` (one row per epoch) and `curves.png`, each replaced whole, atomically."""
+        """`metrics.csv` (one row per epoch) and `curves.png`, each replaced whole, atomically.
+
+        The plot (about a second of matplotlib) is redrawn after an evaluated epoch, or when
+        PLOT_EVERY seconds have passed: a small data set stretched to a recipe's steps runs
+        many short epochs, and drawing after each one would cost more than training them."""
         if not self.writes:
             return
         table = io.StringIO(newline="")
@@ -218,6 +226,11 @@ class RunFolder:
         writer.writeheader()
         writer.writerows(history)
         self._write("metrics.csv", table.getvalue())
+        now = time.monotonic()
+        evaluated = bool(history) and history[-1].get("test_acc") is not None
+        if not evaluated and self._plotted_at is not None and now - self._plotted_at < PLOT_EVERY:
+            return
+        self._plotted_at = now
         picture = io.BytesIO()
         plot_curves(history, picture, title=title)
         self._write("curves.png", picture.getvalue())
