@@ -4,6 +4,7 @@ under a real container-style memory limit that planning keeps alive."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import re
@@ -25,6 +26,7 @@ from resnets.training.runtime import Runtime
 
 from helpers import synthetic_dataset, write_dataset
 
+evaluate_module = importlib.import_module("resnets.training.evaluate")  # not the function
 CPU = Runtime(torch.device("cpu"), "fp32", False)
 MiB = 2**20
 
@@ -245,3 +247,28 @@ def test_the_chapters_network_at_224px_is_never_killed_under_a_container_limit(
             peak = json.loads((out / "summary.json").read_text())["peak_memory_bytes"]
             expected = sum(parse_memory_budget(s.replace(" ", ""), of=1) for s in planned.groups())
             assert peak < limit and peak <= expected, (run, peak, expected)
+
+
+def test_evaluation_is_planned_beside_the_gradients_and_optimizer_state(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Between epochs the gradients and momentum stay alive while an evaluation batch runs."""
+    plan, _ = plan_with(monkeypatch, StepCost(0, 1024), StepCost(0, MiB), 2**34)
+    params = sum(p.numel() * 4 for p in create_model("cifar_resnet20", width=0.25).parameters())
+    evaluation = 2 * params + 512 * (MiB + 3 * 3 * 32 * 32 * 4)  # momentum copies: 1
+    assert plan.predicted_peak - plan.budget.used == evaluation
+
+
+def test_each_phase_starts_from_live_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """malloc's freed heap is handed back after the probes and around evaluation, so one
+    phase's layout is not kept resident under the next one's."""
+    trims: list[str] = []
+    monkeypatch.setattr(plan_module, "release_freed_host_memory", lambda: trims.append("plan"))
+    monkeypatch.setattr(evaluate_module, "release_freed_host_memory",
+                        lambda: trims.append("eval"))  # fmt: skip
+    plan_with(monkeypatch, StepCost(10 * MiB, MiB), StepCost(0, MiB), 2**34)
+    assert trims == ["plan"]
+    model = create_model("cifar_resnet20", width=0.25, num_classes=10)
+    batches = [(torch.zeros(4, 3, 16, 16), torch.zeros(4, dtype=torch.long))] * 2
+    evaluate_module.evaluate(model, batches, device=torch.device("cpu"), num_classes=10)
+    assert trims == ["plan", "eval", "eval"]

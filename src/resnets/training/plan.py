@@ -53,8 +53,11 @@ DATA_SHARE = 0.5  # data above this share of the budget is streamed from disk
 # is raised by EXTRAPOLATION.
 EXTRAPOLATION = 1.25
 # On the CPU, training and evaluation in one process fragment malloc's heap: the peak resident
-# memory of a whole run exceeded its largest measured step by up to a third (BENCHMARKS.md),
-# so measured CPU costs are raised by this factor before the margin is applied.
+# memory of a whole run exceeded its largest measured step by up to a third (BENCHMARKS.md).
+# Handing the freed heap back between phases (after the probes, around evaluation) removes
+# most of that; what is left, the layout of one step's many micro-batches around gradients
+# and optimizer state that the probe does not hold, is covered by raising measured CPU costs
+# by this factor before the margin is applied.
 HEAP_FRAGMENTATION = 1.2
 PROBE_PASSES = 2  # forward and backward passes a CPU training probe makes (see _step_probe)
 ACTIVATION_UPPER = 4.0  # measured peaks stay below this multiple of the meta-device sum
