@@ -130,3 +130,20 @@ def test_regions_script(tmp_path: Path) -> None:
                 "compiled_backward_ms", "compiled_over_eager"):  # fmt: skip
         assert row[key] > 0
     assert row["grads_differing"] <= 1  # of 1152: at most one rounded across the ReLU
+
+
+def test_plan_peaks_tabulates_planned_against_measured(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    peaks = script("plan_peaks", monkeypatch)
+    code = peaks.main(["--case", "cifar_resnet20:16:fp32", "--repeat", "2", "--batch-size", "8",
+                       "--train-samples", "16", "--test-samples", "8", "--limit", "none",
+                       "--extra", "--width 0.25"])  # fmt: skip
+    assert code == 0
+    table = capsys.readouterr().out.strip().splitlines()
+    assert table[0].startswith("| model | px | precision | ISA | runs | plan | planned |")
+    cells = [cell.strip() for cell in table[-1].strip("|").split("|")]
+    assert cells[:5] == ["cifar_resnet20", "16", "fp32", "native", "2"]
+    assert cells[5] == "the whole batch of 8 fits" and cells[-1] == "0"  # none killed
+    assert "MiB" in cells[6] and "MiB" in cells[7]  # planned, and measured in both runs
+    assert 0.1 < float(cells[8]) < 2

@@ -30,7 +30,7 @@ from resnets.training.memory import MemoryFallback
 from resnets.training.plan import find_budget, plan_memory
 from resnets.training.plots import pick_examples
 from resnets.training.recorder import RunFolder
-from resnets.training.runtime import Runtime, autocast
+from resnets.training.runtime import Runtime, autocast, release_freed_host_memory
 
 
 def predict(
@@ -73,6 +73,8 @@ def evaluate(
     """
     was_training = model.training
     model.eval()
+    if device.type == "cpu":  # start from live memory, not training's heap (see plan.py)
+        release_freed_host_memory()
     fallback = fallback or MemoryFallback()
     loss_sum = torch.zeros((), device=device)
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
@@ -116,6 +118,8 @@ def evaluate(
             predicted.append((cells % num_classes).cpu())
             confidence.append(top.cpu())
     model.train(was_training)
+    if device.type == "cpu":  # and training, or a checkpoint's writing, starts from it too
+        release_freed_host_memory()
     if sharded:
         if keep_predictions:
             raise ValueError("predictions are kept only when one process evaluates the split")

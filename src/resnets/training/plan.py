@@ -53,9 +53,13 @@ DATA_SHARE = 0.5  # data above this share of the budget is streamed from disk
 # is raised by EXTRAPOLATION.
 EXTRAPOLATION = 1.25
 # On the CPU, training and evaluation in one process fragment malloc's heap: the peak resident
-# memory of a whole run exceeded its largest measured step by up to a third (BENCHMARKS.md),
-# so measured CPU costs are raised by this factor before the margin is applied.
+# memory of a whole run exceeded its largest measured step by up to a third (BENCHMARKS.md).
+# Handing the freed heap back between phases (after the probes, around evaluation) removes
+# most of that; what is left, the layout of one step's many micro-batches around gradients
+# and optimizer state that the probe does not hold, is covered by raising measured CPU costs
+# by this factor before the margin is applied.
 HEAP_FRAGMENTATION = 1.2
+PROBE_PASSES = 2  # forward and backward passes a CPU training probe makes (see _step_probe)
 ACTIVATION_UPPER = 4.0  # measured peaks stay below this multiple of the meta-device sum
 FLOAT_BYTES = 4
 
@@ -231,10 +235,14 @@ def _step_probe(
     def run() -> None:
         x = torch.zeros((images, *shape), device=runtime.device)
         x = x.contiguous(memory_format=runtime.memory_format)
-        with autocast(runtime.device, runtime.precision):
-            logits = model(x)
-        F.cross_entropy(logits.float(), torch.zeros(images, dtype=torch.long,
-                                                    device=runtime.device)).backward()  # fmt: skip
+        # Two passes, as two micro-batches: the first leaves the gradients where its
+        # activations were freed, and the second's activations are laid out around them.
+        # On the CPU the second pass peaked about 5% above the first (BENCHMARKS.md).
+        for _ in range(PROBE_PASSES if runtime.device.type == "cpu" else 1):
+            with autocast(runtime.device, runtime.precision):
+                logits = model(x)
+            labels = torch.zeros(images, dtype=torch.long, device=runtime.device)
+            F.cross_entropy(logits.float(), labels).backward()
 
     return run
 
@@ -339,11 +347,20 @@ def plan_memory(
             )
         was_training = model.training
         model.eval()
-        # An evaluation batch also holds its input images (float, and a resized copy).
+        # An evaluation batch also holds its input images (float, a resized copy, and the
+        # mirror image under TTA). Between epochs the gradients and the optimizer's state stay
+        # alive while evaluating, so a training run's evaluation carries them too.
+        eval_fixed = (optimizer_copies + 1) * params if training else 0
         eval_batch, eval_cost = largest_measured(
-            lambda n: _eval_probe(model, runtime, shape, n), eval_batch_size, 0, 2 * image_bytes
-        )
+            lambda n: _eval_probe(model, runtime, shape, n), eval_batch_size, eval_fixed,
+            3 * image_bytes,
+        )  # fmt: skip
+        eval_cost += eval_fixed
         model.train(was_training)
+    if runtime.device.type == "cpu":
+        # The probes' heap stays resident (keep_freed_host_memory), laid out for them: the
+        # first step would add its own layout on top. Hand it back so each phase starts clean.
+        release_freed_host_memory()
     if current is not None and current <= chosen:
         chosen = current
     micro = None if chosen >= batch_size else chosen
