@@ -25,6 +25,7 @@ from tqdm import tqdm
 from resnets.data.batches import DeviceBatches
 from resnets.data.spec import DataSpec
 from resnets.errors import ResnetsError, UsageError
+from resnets.ood import EnergyThreshold
 from resnets.pretrained import backbone_norms_eval, split_parameters
 from resnets.training import distributed
 from resnets.training.config import TrainConfig
@@ -225,6 +226,8 @@ class Trainer:
         )  # fmt: skip
         self.position = Position()
         self.history: list[dict[str, Any]] = []
+        # the energy threshold of the current weights, when measured (see _finish_epoch)
+        self.ood: EnergyThreshold | None = None
         self._stop_requested = False
         self._stop_signal = signal.SIGINT
 
@@ -267,6 +270,7 @@ class Trainer:
             "ema": self.ema.state_dict() if self.ema else None,
             "position": asdict(self.position),
             "history": self.history,
+            "ood": self.ood.to_dict() if self.ood else None,
             "micro_batch": self.fallback.size,
             "rng": {
                 "torch": torch.random.get_rng_state(),
@@ -284,6 +288,7 @@ class Trainer:
         if not self.place.is_main:  # the saved sums are of all processes: the first adds them
             self.position.loss_sum, self.position.correct = 0.0, 0
         self.history = list(state["history"])
+        self.ood = EnergyThreshold.from_dict(state.get("ood"))
         self.fallback.size = self.config.micro_batch or state["micro_batch"]
         torch.random.set_rng_state(state["rng"]["torch"])
         if state["rng"]["cuda"] and torch.cuda.is_available():
@@ -318,6 +323,7 @@ class Trainer:
 
     def _train_epoch(self, epoch: int) -> None:
         pos = self.position
+        self.ood = None  # a threshold is saved only with the weights it was measured on
         steps = len(self.batches.train)
         batches: Iterator = itertools.islice(self.batches.train.epoch(epoch), pos.batch, None)
         bar = tqdm(
@@ -385,8 +391,9 @@ class Trainer:
             self._stop_requested = True
         return bool(stop)
 
-    def evaluate(self, split: str = "test") -> dict[str, Any]:
-        """Loss and accuracy of the current weights (the EMA weights when enabled) on `split`."""
+    def evaluate(self, split: str = "test", keep_energy: bool = False) -> dict[str, Any]:
+        """Loss and accuracy of the current weights (the EMA weights when enabled) on `split`
+        (with `keep_energy`, each image's energy score too: see `evaluate`)."""
         batches = self.batches.val if split == "val" else self.batches.test
         if batches is None:
             raise UsageError("this run holds out no validation split (see --val-fraction)")
@@ -395,7 +402,7 @@ class Trainer:
             model, batches.epoch(0), device=self.device, precision=self.precision,
             tta=self.config.tta, num_classes=self.spec.num_classes, fallback=self.eval_fallback,
             progress=not self.quiet, total=len(batches), desc=f"eval {split}",
-            sharded=self.place.world > 1,
+            keep_energy=keep_energy, sharded=self.place.world > 1,
         )  # fmt: skip
 
     def _finish_epoch(self, epoch: int, start: float) -> dict[str, Any]:
@@ -409,8 +416,18 @@ class Trainer:
         row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": pos.loss_sum / pos.seen,
                                "train_acc": pos.correct / pos.seen}  # fmt: skip
         for split in ("val", "test"):
-            result = self.evaluate(split) if due and (split == "test" or self.batches.val) else {}
+            # the energy threshold comes from the split that chooses best.pt (one process's
+            # whole split: under torchrun each process sees a share, and none is measured)
+            held_out = split == self.selected_on and self.place.world == 1
+            result = (
+                self.evaluate(split, keep_energy=held_out)
+                if due and (split == "test" or self.batches.val)
+                else {}
+            )
             row[f"{split}_loss"], row[f"{split}_acc"] = result.get("loss"), result.get("acc")
+            if "energy" in result:
+                self.ood = EnergyThreshold.measure(result["energy"], split)
+        row["test_ece"] = result.get("ece")
         row.update(
             images_per_sec=pos.seen / pos.train_seconds if pos.train_seconds else 0.0,
             seconds=time.perf_counter() - start,
@@ -556,6 +573,7 @@ class Trainer:
             "selected_on": self.selected_on,
             "best_epoch": best["epoch"],
             "best_test_acc": best["test_acc"],
+            "ece": best.get("test_ece"),  # of best.pt's weights on the test split
         }
         if self.selected_on == "val":
             summary["best_val_acc"] = best["val_acc"]
