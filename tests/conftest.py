@@ -44,9 +44,9 @@ def shapes_classifier(shapes_run: pathlib.Path) -> Classifier:
 def squares_run(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     """A tiny run on helpers.synthetic_dataset, whose class is where a bright square sits:
     trained once for the tests of what a network learned (Grad-CAM, the energy threshold)."""
-    from helpers import TINY, synthetic_dataset
-
     from resnets.training import build_trainer, make_config
+
+    from helpers import TINY, synthetic_dataset
 
     run = tmp_path_factory.mktemp("squares") / "run"
     config = make_config(overrides={**TINY, "epochs": 3, "schedule": "onecycle"})

@@ -38,10 +38,13 @@ def last_stage(model: nn.Module) -> nn.Module:
 
 
 def grad_cam(
-    model: nn.Module, x: torch.Tensor, classes: torch.Tensor | None = None
+    model: nn.Module,
+    x: torch.Tensor,
+    classes: torch.Tensor | None = None,
+    size: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Grad-CAM maps (N, H, W) in [0, 1] at the input's size, for `classes` (N,) or, when
-    None, each image's predicted class; and the logits (N, classes), detached.
+    """Grad-CAM maps (N, H, W) in [0, 1], at `size` (default: the input's), for `classes`
+    (N,) or, when None, each image's predicted class; and the logits (N, classes), detached.
 
     A map is all zeros when no part of the last stage's output argues for the class.
     """
@@ -62,7 +65,7 @@ def grad_cam(
         hook.remove()
     weights = gradient.float().mean((2, 3), keepdim=True)
     maps = (weights * features.detach().float()).sum(1, keepdim=True).clamp(min=0)
-    maps = F.interpolate(maps, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    maps = F.interpolate(maps, size=size or x.shape[-2:], mode="bilinear")[:, 0]
     peak = maps.amax((1, 2), keepdim=True)
     maps = torch.where(peak > 0, maps / peak.clamp(min=torch.finfo(maps.dtype).tiny), 0.0)
     return maps.clamp(0, 1), logits.detach()

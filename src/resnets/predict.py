@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from resnets.data.batches import network_input
@@ -262,11 +261,10 @@ class Classifier:
                 continue
             stacked = torch.stack(pixels)
             x = network_input(stacked.to(self.device), self.spec, self.image_size)
-            maps, logits = grad_cam(self.model, x)
-            maps = F.interpolate(maps[:, None], size=stacked.shape[-2:], mode="bilinear")[:, 0]
+            maps, logits = grad_cam(self.model, x, size=(stacked.shape[-2], stacked.shape[-1]))
             predictions = self._predictions(names, logits, k)
             results.extend(
-                Explanation(p, image, heat.clamp(0, 1).cpu())
+                Explanation(p, image, heat.cpu())
                 for p, image, heat in zip(predictions, stacked, maps, strict=True)
             )
         return results
