@@ -121,6 +121,11 @@ class TrainConfig:
         None, "also save checkpoints/last.pt every N optimizer steps within an epoch, so a "
         "stopped or restarted run (torchrun --max-restarts) loses at most N steps"
     )
+    tensorboard: bool = _setting(
+        False, "also write TensorBoard event files into RUN/tensorboard/ (losses, accuracies, "
+        "learning rate, images/s, test images with predictions; needs pip install "
+        "'resnets[tensorboard]')"
+    )
     tta: bool = _setting(False, "evaluate on each image and its mirror image, averaged")
     ema: float = _setting(0.0, "decay of an exponential moving average of the weights (0: off)")
     weights: str | None = _setting(

@@ -30,13 +30,19 @@ from resnets.pretrained import backbone_norms_eval, split_parameters
 from resnets.training import distributed
 from resnets.training.config import TrainConfig
 from resnets.training.ema import build_ema
-from resnets.training.evaluate import evaluate
+from resnets.training.evaluate import evaluate, predict
 from resnets.training.memory import MemoryFallback
 from resnets.training.plan import find_budget, optimizer_copies, plan_memory
 from resnets.training.recorder import RunFolder
 from resnets.training.runtime import Runtime, peak_memory_bytes, reset_peak_memory
 from resnets.training.schedule import learning_rate
 from resnets.training.step import StepParts, train_step
+from resnets.training.tensorboard import (
+    SHOWN,
+    TensorBoardLog,
+    display_pixels,
+    require_tensorboard,
+)
 
 NAN_CHECK_EVERY = 20  # steps between finiteness checks (each costs a device sync)
 
@@ -228,6 +234,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         # the energy threshold of the current weights, when measured (see _finish_epoch)
         self.ood: EnergyThreshold | None = None
+        self.board: TensorBoardLog | None = None  # with --tensorboard, from the first epoch
         self._stop_requested = False
         self._stop_signal = signal.SIGINT
 
@@ -505,6 +512,16 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         """Train until `config.epochs` epochs are done; return the run's summary."""
+        if self.config.tensorboard:
+            require_tensorboard()  # said before any training, not after the first epoch
+        try:
+            return self._fit()
+        finally:
+            if self.board is not None:
+                self.board.close()
+                self.board = None
+
+    def _fit(self) -> dict[str, Any]:
         self.plan_memory()
         settings = {**self.config.to_dict(), "data_spec": self.spec.to_dict()}
         fresh = self.position == Position()
@@ -549,6 +566,8 @@ class Trainer:
         if row[key] is not None and row[key] >= max(scored):
             self.save("best")
         self.folder.write_metrics(self.history, title=f"{self.config.model} on {self.spec.name}")
+        if self.config.tensorboard and self.folder.writes:
+            self._write_board(row)
         if not self.quiet:
             val = "" if row["val_acc"] is None else f"val acc {row['val_acc']:.3f}, "
             test = "-" if row["test_acc"] is None else format(row["test_acc"], ".3f")
@@ -557,6 +576,26 @@ class Trainer:
                 f"train acc {row['train_acc']:.3f}, {val}test acc {test}, "
                 f"{row['images_per_sec']:.1f} images/s, {row['seconds']:.1f} s"
             )
+
+    def _write_board(self, row: dict[str, Any]) -> None:
+        """The epoch's scalars in RUN/tensorboard/ and, when it was evaluated, the first test
+        images with the current weights' predictions (the event files appear with the first
+        checkpoint, so a run stopped before it leaves a folder that a new run may use)."""
+        if self.board is None:
+            self.board = TensorBoardLog(self.run_dir / "tensorboard")
+        self.board.epoch(row)
+        if row["test_acc"] is None:
+            return
+        x, y = next(iter(self.batches.test.epoch(0)))
+        x, y = x[:SHOWN], y[:SHOWN]
+        model = self.ema.module if self.ema else self.eval_model
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            logits = predict(model, x, self.device, self.precision, tta=False)
+        model.train(was_training)
+        pixels = display_pixels(x, self.spec.mean, self.spec.std)
+        self.board.predictions(row["epoch"], pixels, y.tolist(), logits, self.spec.classes)
 
     def summary(self) -> dict[str, Any]:
         """The run's outcome; `best_*` describe the epoch chosen on `selected_on`."""
