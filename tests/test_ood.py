@@ -96,3 +96,13 @@ def test_images_of_another_data_set_are_flagged(squares_run: Path) -> None:
     own_rate = np.mean([r.unlike_training for r in own])
     other_rate = np.mean([r.unlike_training for r in others])
     assert own_rate <= 0.05 and other_rate >= 0.8, (own_rate, other_rate)
+
+
+def test_the_threshold_travels_in_a_safetensors_file(shapes_run: Path, tmp_path: Path) -> None:
+    pytest.importorskip("safetensors")
+    from resnets.weights import load_network, save_safetensors
+
+    network = load_network(shapes_run)
+    assert network.ood is not None
+    copy = load_network(save_safetensors(network, tmp_path / "model.safetensors"))
+    assert copy.ood == network.ood
