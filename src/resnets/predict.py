@@ -214,16 +214,23 @@ class Classifier:
             results.extend(self._predictions(names, self.logits(torch.stack(pixels)), k))
         return results
 
+    def unlike_training(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each image's energy score (resnets.ood) from its logits (N, classes), and whether it
+        is above the threshold saved with the network (all False without one)."""
+        energies = energy(logits)
+        ood = self.network.ood
+        flags = ood.unlike(energies) if ood else torch.zeros_like(energies, dtype=torch.bool)
+        return energies, flags
+
     def _predictions(self, names: list[str], logits: torch.Tensor, k: int) -> list[Prediction]:
         """The top `k` classes of each row of logits, with its energy and flag."""
         values, indices = logits.softmax(1).topk(k, dim=1)
-        energies = energy(logits)
-        ood = self.network.ood
-        flags = ood.unlike(energies).tolist() if ood else [False] * len(names)
+        energies, flags = self.unlike_training(logits)
         results = []
         for name, ps, ids, score, flag in zip(
-            names, values.tolist(), indices.tolist(), energies.tolist(), flags, strict=True
-        ):
+            names, values.tolist(), indices.tolist(), energies.tolist(), flags.tolist(),
+            strict=True,
+        ):  # fmt: skip
             top = tuple((self.classes[i], p) for i, p in zip(ids, ps, strict=True))
             results.append(Prediction(name, top, score, bool(flag)))
         return results

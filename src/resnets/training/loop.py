@@ -432,9 +432,10 @@ class Trainer:
                 else {}
             )
             row[f"{split}_loss"], row[f"{split}_acc"] = result.get("loss"), result.get("acc")
+            if split == "test":  # metrics.csv keeps the test split's calibration error
+                row["test_ece"] = result.get("ece")
             if "energy" in result:
                 self.ood = EnergyThreshold.measure(result["energy"], split)
-        row["test_ece"] = result.get("ece")
         row.update(
             images_per_sec=pos.seen / pos.train_seconds if pos.train_seconds else 0.0,
             seconds=time.perf_counter() - start,
