@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
-	$(PY) -m pip install -q -e '.[test,export,serve]'
+	$(PY) -m pip install -q -e '.[test,export,serve,tensorboard]'
 	touch $@
 
 # The real Fashion-MNIST from Debian's package, where apt-get exists; otherwise `resnets`

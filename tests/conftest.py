@@ -38,3 +38,20 @@ def shapes_run(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 def shapes_classifier(shapes_run: pathlib.Path) -> Classifier:
     """A Classifier of `shapes_run`, shared like the run itself."""
     return Classifier.from_checkpoint(shapes_run)
+
+
+@pytest.fixture(scope="session")
+def squares_run(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """A tiny run on helpers.synthetic_dataset, whose class is where a bright square sits:
+    trained once for the tests of what a network learned (Grad-CAM, the energy threshold)."""
+    from resnets.training import build_trainer, make_config
+
+    from helpers import TINY, synthetic_dataset
+
+    run = tmp_path_factory.mktemp("squares") / "run"
+    config = make_config(overrides={**TINY, "epochs": 3, "schedule": "onecycle"})
+    trainer = build_trainer(
+        config, data=synthetic_dataset(), run_dir=run, quiet=True, log=lambda _: None
+    )
+    trainer.fit()
+    return run

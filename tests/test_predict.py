@@ -295,7 +295,9 @@ def test_eval_draws_predictions_png(shapes_run: Path, capsys: pytest.CaptureFixt
     code, out, err = cli(capsys, "eval", str(shapes_run))
     assert code == 0, err
     picture = shapes_run / "predictions.png"
-    assert f"wrote {shapes_run / 'confusion.png'} and {picture}" in out
+    calibration = shapes_run / "calibration.png"
+    assert f"wrote {shapes_run / 'confusion.png'}, {calibration} and {picture}" in out
+    assert calibration.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(picture) as image:
         assert image.width > 400 and image.height > 100
@@ -333,7 +335,10 @@ def test_a_prediction_as_json(shapes_classifier: Classifier, images: Path) -> No
     assert result.to_dict() == {
         "file": str(images / "gray.png"),
         "predictions": [{"class": c, "probability": p} for c, p in result.top],
+        "unlike_training_data": result.unlike_training,
+        "energy": result.energy,
     }
+    assert isinstance(result.energy, float) and isinstance(result.unlike_training, bool)
     assert Prediction("x", (("a", 0.5),)).label == "a"
 
 

@@ -12,6 +12,7 @@ import sys
 import time
 import typing
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 import yaml
@@ -20,6 +21,7 @@ from resnets.bench import bench_config, benchmark
 from resnets.data import DataOptions, describe, list_datasets
 from resnets.errors import ResnetsError, UsageError, first_line
 from resnets.export import FORMATS, export_network
+from resnets.files import write_atomic
 from resnets.models import create_model, default_input_size, list_models
 from resnets.summary import count_params, format_count, format_summary, summarize
 from resnets.training import (
@@ -130,7 +132,7 @@ def _eval(args: argparse.Namespace) -> int:
     result = evaluate_checkpoint(args.run, overrides, progress=not args.json)
     if args.json:
         keys = ("dataset", "test_acc", "test_loss", "per_class", "confusion", "images",
-                "checkpoint", "epoch", "weights")  # fmt: skip
+                "checkpoint", "epoch", "weights", "ece", "calibration")  # fmt: skip
         print(json.dumps({k: result[k] for k in keys}, indent=2))
         return 0
     if result["note"]:
@@ -139,7 +141,8 @@ def _eval(args: argparse.Namespace) -> int:
         f"{result['checkpoint']} (after epoch {result['epoch']}, {result['weights']} weights), "
         f"{result['images']} {result['dataset']} test images"
     )
-    print(f"test accuracy {result['test_acc']:.4f}, test loss {result['test_loss']:.4f}\n")
+    print(f"test accuracy {result['test_acc']:.4f}, test loss {result['test_loss']:.4f}, "
+          f"expected calibration error {result['ece']:.4f}\n")  # fmt: skip
     names = list(result["per_class"])
     width = max(map(len, names))
     print(f"{'class':<{width}}  accuracy")
@@ -148,12 +151,13 @@ def _eval(args: argparse.Namespace) -> int:
     print("\nconfusion matrix (rows: true class, columns: predicted, in class order above)")
     for name, row in zip(names, result["confusion"], strict=True):
         print(f"{name:<{width}}  " + " ".join(f"{n:5d}" for n in row))
-    print(f"\nwrote {result['confusion_png']} and {result['predictions_png']}")
+    print(f"\nwrote {result['confusion_png']}, {result['calibration_png']} and "
+          f"{result['predictions_png']}")  # fmt: skip
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from resnets.predict import Classifier, ImageError, image_files  # noqa: PLC0415 (Pillow)
+    from resnets.predict import UNLIKE, Classifier, ImageError, image_files  # noqa: PLC0415 (Pillow)
 
     classifier = Classifier.from_checkpoint(args.checkpoint, resolve_device(args.device))
     files, problems = image_files(args.images)
@@ -165,14 +169,37 @@ def _predict(args: argparse.Namespace) -> int:
         print(f"resnets: error: {error}", file=sys.stderr)
 
     results = classifier.predict(files, args.top_k, args.batch_size, on_error=report)
+    if args.explain:
+        _write_explanations(classifier, [r.source for r in results], args.explain)
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
     else:
         for number, result in enumerate(results):
             width = max(len(name) for name, _ in result.top)
             lines = [f"  {name:<{width}}  {p:.4f}" for name, p in result.top]
+            if result.unlike_training:
+                lines[0] += f"  ({UNLIKE}: energy {result.energy:.2f})"
             print(("\n" if number else "") + "\n".join([result.source, *lines]))
     return 2 if problems else 0
+
+
+def _write_explanations(classifier: Any, sources: list[str], folder: str) -> None:
+    """`FOLDER/NAME.png` per image: the image beside its Grad-CAM heat map (see explain.py)."""
+    out = Path(folder)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--explain {out}: a file, not a folder; name a folder to write into")
+    out.mkdir(parents=True, exist_ok=True)
+    taken: set[str] = set()
+    for explanation in classifier.explain(sources):
+        stem = Path(explanation.prediction.source).stem
+        name = next(
+            f"{stem}{suffix}.png"
+            for suffix in ("", *(f"-{n}" for n in range(2, len(sources) + 2)))
+            if f"{stem}{suffix}.png" not in taken
+        )
+        taken.add(name)
+        write_atomic(out / name, explanation.png())
+    print(f"wrote {len(taken)} Grad-CAM picture(s) into {out}", file=sys.stderr)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -423,8 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="test accuracy, per-class accuracy and confusion matrix of a trained model",
         description="Evaluate a run folder's best checkpoint (its last one if it has no best.pt, "
         "or a checkpoint file) on the test split of the data set it was trained on; writes "
-        "confusion.png and predictions.png (test images with their predicted classes, the most "
-        "confident mistakes first, in red) into the run folder.",
+        "confusion.png, calibration.png (a reliability diagram; the expected calibration "
+        "error, 15 bins, is printed) and predictions.png (test images with their predicted "
+        "classes, the most confident mistakes first, in red) into the run folder.",
     )
     evaluate.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT")
     evaluate.add_argument("--data-dir", help="where the data set is (default: as trained)")
@@ -465,7 +493,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     predict.add_argument("--json", action="store_true",
                          help="print one JSON array of {file, predictions: [{class, "
-                         "probability}]}")  # fmt: skip
+                         "probability}], unlike_training_data, energy}")  # fmt: skip
+    predict.add_argument("--explain", metavar="DIR",
+                         help="also write DIR/NAME.png per image: the image beside a Grad-CAM "
+                         "heat map of where the network found its top class")  # fmt: skip
     predict.set_defaults(handler=_predict)
 
     serve = commands.add_parser(

@@ -27,7 +27,9 @@ from resnets.data.batches import network_input
 from resnets.data.folder import EXTENSIONS, UNREADABLE, decode_image, truncated_images_refused
 from resnets.data.spec import DataSpec
 from resnets.errors import DataError, UsageError, one_line
+from resnets.explain import grad_cam, overlay, png_bytes
 from resnets.models.fold import fold_batchnorm
+from resnets.ood import energy
 from resnets.weights import TrainedNetwork, load_network
 
 # What `predict` takes for one image: a file's path, or a Pillow image.
@@ -49,6 +51,10 @@ class Prediction:
 
     source: str
     top: tuple[tuple[str, float], ...]  # (class name, probability)
+    # the image's energy score (resnets.ood: lower is more like the training data), and
+    # whether it is above the network's threshold; never flagged without a threshold
+    energy: float | None = None
+    unlike_training: bool = False
 
     @property
     def label(self) -> str:
@@ -61,14 +67,39 @@ class Prediction:
         return self.top[0][1]
 
     def to_dict(self) -> dict[str, Any]:
-        """`{"file": ..., "predictions": [{"class": ..., "probability": ...}, ...]}`."""
+        """`{"file": ..., "predictions": [{"class": ..., "probability": ...}, ...],
+        "unlike_training_data": bool, "energy": float}`."""
         return {
             "file": self.source,
             "predictions": [{"class": name, "probability": p} for name, p in self.top],
+            "unlike_training_data": self.unlike_training,
+            "energy": self.energy,
         }
 
     def __str__(self) -> str:
-        return f"{self.source}: " + ", ".join(f"{name} {p:.3f}" for name, p in self.top)
+        flag = f" ({UNLIKE})" if self.unlike_training else ""
+        return f"{self.source}: " + ", ".join(f"{name} {p:.3f}" for name, p in self.top) + flag
+
+
+# What prediction says beside the top class of an image flagged by the energy threshold.
+UNLIKE = "unlike the training data"
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """An image's prediction and where the network found the evidence for its top class."""
+
+    prediction: Prediction
+    pixels: torch.Tensor  # uint8 (C, S, S): the image as the network's data set stores it
+    heatmap: torch.Tensor  # float (S, S) in [0, 1]: Grad-CAM of the top class, peak 1
+
+    def overlay(self) -> Image.Image:
+        """The image beside itself with the heat map laid over it (an RGB Pillow image)."""
+        return overlay(self.pixels.numpy(), self.heatmap.numpy())
+
+    def png(self) -> bytes:
+        """`overlay()` as PNG file contents."""
+        return png_bytes(self.overlay())
 
 
 class Classifier:
@@ -156,7 +187,8 @@ class Classifier:
 
         An image that cannot be read raises ImageError, unless `on_error` is given: it is then
         called with the error and the image is left out of the results (each result names its
-        `source`).
+        `source`). Each result also holds the image's energy score and whether it is unlike
+        the training data (above the threshold saved with the network; see resnets.ood).
         """
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise UsageError(f"top_k must be a positive whole number, not {top_k!r}")
@@ -179,11 +211,69 @@ class Classifier:
                 names.append(_name_of(image, position))
             if not pixels:
                 continue
-            probabilities = self.logits(torch.stack(pixels)).softmax(1)
-            values, indices = probabilities.topk(k, dim=1)
-            for name, ps, ids in zip(names, values.tolist(), indices.tolist(), strict=True):
-                top = tuple((self.classes[i], p) for i, p in zip(ids, ps, strict=True))
-                results.append(Prediction(name, top))
+            results.extend(self._predictions(names, self.logits(torch.stack(pixels)), k))
+        return results
+
+    def unlike_training(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each image's energy score (resnets.ood) from its logits (N, classes), and whether it
+        is above the threshold saved with the network (all False without one)."""
+        energies = energy(logits)
+        ood = self.network.ood
+        flags = ood.unlike(energies) if ood else torch.zeros_like(energies, dtype=torch.bool)
+        return energies, flags
+
+    def _predictions(self, names: list[str], logits: torch.Tensor, k: int) -> list[Prediction]:
+        """The top `k` classes of each row of logits, with its energy and flag."""
+        values, indices = logits.softmax(1).topk(k, dim=1)
+        energies, flags = self.unlike_training(logits)
+        results = []
+        for name, ps, ids, score, flag in zip(
+            names, values.tolist(), indices.tolist(), energies.tolist(), flags.tolist(),
+            strict=True,
+        ):  # fmt: skip
+            top = tuple((self.classes[i], p) for i, p in zip(ids, ps, strict=True))
+            results.append(Prediction(name, top, score, bool(flag)))
+        return results
+
+    def explain(
+        self,
+        images: ImageSource | Iterable[ImageSource],
+        top_k: int = 5,
+        batch_size: int = 16,
+        on_error: Callable[[ImageError], None] | None = None,
+    ) -> list[Explanation]:
+        """Each image's prediction (as `predict` gives it) with a Grad-CAM heat map of the
+        evidence for its top class, on the last stage of the network (resnets.explain).
+
+        The maps are of the network this classifier predicts with, BatchNorm folded: the same
+        function as the trained one, so the same gradients up to rounding, without building a
+        second copy. Images that cannot be read are handled as by `predict`.
+        """
+        if isinstance(images, (str, os.PathLike, Image.Image)):
+            images = [images]
+        k = min(top_k, len(self.classes))
+        results: list[Explanation] = []
+        for batch in _chunks(enumerate(images), batch_size):
+            names, pixels = [], []
+            for position, image in batch:
+                try:
+                    pixels.append(self.decode(image))
+                except ImageError as error:
+                    if on_error is None:
+                        raise
+                    on_error(error)
+                    continue
+                names.append(_name_of(image, position))
+            if not pixels:
+                continue
+            stacked = torch.stack(pixels)
+            x = network_input(stacked.to(self.device), self.spec, self.image_size)
+            maps, logits = grad_cam(self.model, x, size=(stacked.shape[-2], stacked.shape[-1]))
+            predictions = self._predictions(names, logits, k)
+            results.extend(
+                Explanation(p, image, heat.cpu())
+                for p, image, heat in zip(predictions, stacked, maps, strict=True)
+            )
         return results
 
 

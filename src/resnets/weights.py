@@ -8,6 +8,7 @@ holds the weights, and in its string metadata the rest as JSON, under these keys
     format      "resnets-weights"        version     "1"
     model_name  "resnet18"               model_kwargs  JSON object
     data_spec   JSON object (DataSpec.to_dict())        image_size  "28"
+    ood         JSON object (resnets.ood.EnergyThreshold.to_dict()), when the network has one
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from resnets.data.spec import DataSpec
 from resnets.errors import ResnetsError, UsageError
 from resnets.models import create_model
 from resnets.models.conv import plain_convs
+from resnets.ood import EnergyThreshold
 
 SAFETENSORS_FORMAT = "resnets-weights"
 SAFETENSORS_VERSION = "1"
@@ -39,6 +41,9 @@ class TrainedNetwork:
     image_size: int
     state_dict: dict[str, torch.Tensor]
     source: Path
+    # the energy threshold above which an image is unlike the training data (resnets.ood);
+    # None for networks saved before thresholds were measured
+    ood: EnergyThreshold | None = None
 
     def build(self) -> nn.Module:
         """The network with its weights, in eval mode, with plain convolutions (the CPU
@@ -53,6 +58,7 @@ class TrainedNetwork:
             "format": SAFETENSORS_FORMAT, "version": SAFETENSORS_VERSION,
             "model_name": self.model_name, "model_kwargs": json.dumps(self.model_kwargs),
             "data_spec": json.dumps(self.spec.to_dict()), "image_size": str(self.image_size),
+            **({"ood": json.dumps(self.ood.to_dict())} if self.ood else {}),
         }  # fmt: skip
 
 
@@ -76,7 +82,7 @@ def load_network(path: str | Path) -> TrainedNetwork:
     return TrainedNetwork(
         model_name=state["model_name"], model_kwargs=dict(state["model_kwargs"]),
         spec=saved_data_spec(state, file), image_size=int(state["config"]["image_size"]),
-        state_dict=model.state_dict(), source=file,
+        state_dict=model.state_dict(), source=file, ood=EnergyThreshold.from_dict(state.get("ood")),
     )  # fmt: skip
 
 
@@ -114,6 +120,7 @@ def _from_safetensors(path: Path) -> TrainedNetwork:
             model_name=meta["model_name"], model_kwargs=json.loads(meta["model_kwargs"]),
             spec=DataSpec.from_dict(json.loads(meta["data_spec"])),
             image_size=int(meta["image_size"]), state_dict=tensors, source=path,
+            ood=EnergyThreshold.from_dict(json.loads(meta["ood"])) if "ood" in meta else None,
         )  # fmt: skip
     except (KeyError, ValueError, TypeError) as error:
         raise WeightsError(f"{path}: damaged resnets metadata ({error})") from error

@@ -126,6 +126,11 @@ class TrainConfig:
         None, "also save checkpoints/last.pt every N optimizer steps within an epoch, so a "
         "stopped or restarted run (torchrun --max-restarts) loses at most N steps"
     )
+    tensorboard: bool = _setting(
+        False, "also write TensorBoard event files into RUN/tensorboard/ (losses, accuracies, "
+        "learning rate, images/s, test images with predictions; needs pip install "
+        "'resnets[tensorboard]')"
+    )
     tta: bool = _setting(False, "evaluate on each image and its mirror image, averaged")
     mirror: bool | None = _setting(
         None, "mirror images (flip, altflip, --tta): default as the data set says (a folder: "

@@ -15,7 +15,9 @@ from tqdm import tqdm
 
 from resnets.errors import DataError
 from resnets.models.fold import fold_batchnorm
+from resnets.ood import energy
 from resnets.training import distributed
+from resnets.training.calibration import BINS, calibration_sums, ece_of, reliability
 from resnets.training.checkpoint import (
     EVAL_KEYS,
     find_checkpoint,
@@ -37,11 +39,17 @@ def predict(
     model: nn.Module, x: torch.Tensor, device: torch.device, precision: str, tta: bool
 ) -> torch.Tensor:
     """Float32 logits; with `tta`, the mean of the logits of the image and its mirror image."""
+    return predict_both(model, x, device, precision, tta)[0]
+
+
+def predict_both(
+    model: nn.Module, x: torch.Tensor, device: torch.device, precision: str, tta: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits as `predict` gives them, the image's own logits without the mirror image)."""
     with autocast(device, precision):
-        logits = model(x).float()
-        if tta:
-            logits = (logits + model(x.flip(-1)).float()) / 2
-    return logits
+        plain = model(x).float()
+        logits = (plain + model(x.flip(-1)).float()) / 2 if tta else plain
+    return logits, plain
 
 
 @torch.no_grad()
@@ -58,6 +66,7 @@ def evaluate(
     total: int | None = None,
     desc: str = "eval",
     keep_predictions: bool = False,
+    keep_energy: bool = False,
     sharded: bool = False,
     compare_tta: bool = False,
 ) -> dict[str, Any]:
@@ -67,6 +76,10 @@ def evaluate(
     With `progress`, a progress bar (`total` batches, labelled `desc`) shows on a terminal and
     is cleared at the end. With `keep_predictions`, the result also holds each image's
     "predicted" class and its softmax probability, "confidence" (CPU tensors, in batch order).
+    The result's "ece" is the expected calibration error (see calibration.py) and
+    "calibration" its per-bin sums (3 lists: images, confidence, correct). With
+    `keep_energy`, "energy" holds each image's energy score (resnets.ood; of the image alone,
+    without test-time mirroring, as `Classifier.predict` sees it).
     With `compare_tta`, it also holds "acc_plain" and "acc_tta": the accuracy on the images as
     they are and averaged with their mirror images, from the same two forward passes that
     flip TTA runs anyway (the other figures still follow `tta`).
@@ -78,29 +91,25 @@ def evaluate(
     fallback = fallback or MemoryFallback()
     loss_sum = torch.zeros((), device=device)
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
+    bins = torch.zeros(3, BINS, device=device)
     predicted: list[torch.Tensor] = []
     confidence: list[torch.Tensor] = []
     both_correct = torch.zeros(2, dtype=torch.long, device=device)  # (plain, TTA)
+    energies: list[torch.Tensor] = []
 
     def run(
         x: torch.Tensor, y: torch.Tensor, chunk: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        mirror = tta or compare_tta
+        pairs = [predict_both(model, part, device, precision, mirror) for part in x.split(chunk)]
+        averaged, plain = torch.cat([pair[0] for pair in pairs]), torch.cat([p[1] for p in pairs])
+        logits = averaged if tta else plain
         counts = None
         if compare_tta:
-            plain = torch.cat([predict(model, part, device, precision, False)
-                               for part in x.split(chunk)])  # fmt: skip
-            mirrored = torch.cat([predict(model, part.flip(-1), device, precision, False)
-                                  for part in x.split(chunk)])  # fmt: skip
-            averaged = (plain + mirrored) / 2
-            logits = averaged if tta else plain
             counts = torch.stack([(plain.argmax(1) == y).sum(), (averaged.argmax(1) == y).sum()])
-        else:
-            logits = torch.cat(
-                [predict(model, part, device, precision, tta) for part in x.split(chunk)]
-            )
         loss = F.cross_entropy(logits, y, reduction="sum")
-        top = logits.softmax(1).amax(1) if keep_predictions else None
-        return loss, y * num_classes + logits.argmax(1), top, counts
+        top = logits.softmax(1).amax(1)
+        return loss, y * num_classes + logits.argmax(1), top, energy(plain), counts
 
     bar = tqdm(
         batches, total=total, desc=desc, unit="batch", leave=False,
@@ -109,24 +118,28 @@ def evaluate(
     for x, y in bar:
         if len(y) == 0:  # a process's share of a last batch smaller than the world
             continue
-        loss, cells, top, counts = fallback.run(len(x), partial(run, x, y), "eval batch")
+        loss, cells, top, scores, counts = fallback.run(len(x), partial(run, x, y), "eval batch")
         loss_sum += loss
         if counts is not None:
             both_correct += counts
         confusion += torch.bincount(cells, minlength=num_classes * num_classes)
-        if top is not None:
+        bins += calibration_sums(top, cells % num_classes == y)
+        if keep_predictions:
             predicted.append((cells % num_classes).cpu())
             confidence.append(top.cpu())
+        if keep_energy:
+            energies.append(scores.cpu())
     model.train(was_training)
     if device.type == "cpu":  # and training, or a checkpoint's writing, starts from it too
         release_freed_host_memory()
     if sharded:
-        if keep_predictions:
+        if keep_predictions or keep_energy:
             raise ValueError("predictions are kept only when one process evaluates the split")
         distributed.all_reduce_sum(loss_sum)
         distributed.all_reduce_sum(confusion)
         if compare_tta:
             distributed.all_reduce_sum(both_correct)
+        distributed.all_reduce_sum(bins)
     matrix = confusion.view(num_classes, num_classes).cpu()
     total = int(matrix.sum())
     if total == 0:
@@ -138,6 +151,8 @@ def evaluate(
         "per_class": per_class.tolist(),
         "confusion": matrix.tolist(),
         "images": total,
+        "ece": ece_of(bins),
+        "calibration": bins.cpu().tolist(),
     }
     if compare_tta:
         plain, averaged = both_correct.tolist()
@@ -145,6 +160,8 @@ def evaluate(
     if keep_predictions:
         result["predicted"] = torch.cat(predicted)
         result["confidence"] = torch.cat(confidence)
+    if keep_energy:
+        result["energy"] = torch.cat(energies)
     return result
 
 
@@ -178,8 +195,9 @@ def evaluate_checkpoint(
     one training recorded by a few near-tie images), and the test batches. `overrides` may set
     device, data_dir, test_samples, eval_batch_size, tta and verify. Writes `confusion.png`
     and `predictions.png` (test images with their predictions, mistakes first) into the run
-    folder. Returns the metrics of `evaluate` as test_loss/test_acc, `per_class` by class
-    name, `checkpoint`, `epoch` and `weights` ("ema" or "model").
+    folder, and `calibration.png`, the reliability diagram. Returns the metrics of `evaluate`
+    as test_loss/test_acc, `per_class` by class name, `ece` (expected calibration error) and
+    `calibration` (its bins), `checkpoint`, `epoch` and `weights` ("ema" or "model").
     """
     from resnets.training import factory  # noqa: PLC0415 (factory imports the loop, which imports us)
 
@@ -221,7 +239,8 @@ def evaluate_checkpoint(
         "per_class": dict(zip(spec.classes, metrics["per_class"], strict=True)),
         "confusion": metrics["confusion"], "images": metrics["images"],
         "checkpoint": str(file), "epoch": state["position"]["epoch"], "weights": weights,
-        "dataset": spec.name, "note": note,
+        "dataset": spec.name, "note": note, "ece": metrics["ece"],
+        "calibration": reliability(metrics["calibration"]),
     }  # fmt: skip
     if confusion_png:
         title = f"{state['model_name']} on {spec.name}: test accuracy {100 * metrics['acc']:.2f}%"
@@ -229,6 +248,10 @@ def evaluate_checkpoint(
         folder = RunFolder(run_dir_of(file), elsewhere=elsewhere)
         picture = folder.write_confusion(metrics["confusion"], spec.classes, title)
         result["confusion_png"] = str(picture)
+        picture = folder.write_calibration(
+            result["calibration"], metrics["ece"], f"{state['model_name']} on {spec.name} test"
+        )
+        result["calibration_png"] = str(picture)
         true = data.test.labels.tolist()
         predicted, confidence = metrics["predicted"].tolist(), metrics["confidence"].tolist()
         shown = pick_examples(true, predicted, confidence)

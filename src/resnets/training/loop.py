@@ -25,17 +25,24 @@ from tqdm import tqdm
 from resnets.data.batches import MIRRORS, DeviceBatches
 from resnets.data.spec import DataSpec
 from resnets.errors import ResnetsError, UsageError
+from resnets.ood import EnergyThreshold
 from resnets.pretrained import backbone_norms_eval, split_parameters
 from resnets.training import distributed
 from resnets.training.config import TrainConfig
 from resnets.training.ema import build_ema
-from resnets.training.evaluate import evaluate
+from resnets.training.evaluate import evaluate, predict
 from resnets.training.memory import MemoryFallback
 from resnets.training.plan import find_budget, optimizer_copies, plan_memory
 from resnets.training.recorder import RunFolder
 from resnets.training.runtime import Runtime, peak_memory_bytes, reset_peak_memory
 from resnets.training.schedule import learning_rate
 from resnets.training.step import StepParts, train_step
+from resnets.training.tensorboard import (
+    SHOWN,
+    TensorBoardLog,
+    display_pixels,
+    require_tensorboard,
+)
 
 NAN_CHECK_EVERY = 20  # steps between finiteness checks (each costs a device sync)
 # How much lower the test accuracy with flip TTA may be than without before a run warns.
@@ -227,6 +234,9 @@ class Trainer:
         )  # fmt: skip
         self.position = Position()
         self.history: list[dict[str, Any]] = []
+        # the energy threshold of the current weights, when measured (see _finish_epoch)
+        self.ood: EnergyThreshold | None = None
+        self.board: TensorBoardLog | None = None  # with --tensorboard, from the first epoch
         self._stop_requested = False
         self._stop_signal = signal.SIGINT
 
@@ -269,6 +279,7 @@ class Trainer:
             "ema": self.ema.state_dict() if self.ema else None,
             "position": asdict(self.position),
             "history": self.history,
+            "ood": self.ood.to_dict() if self.ood else None,
             "micro_batch": self.fallback.size,
             "rng": {
                 "torch": torch.random.get_rng_state(),
@@ -286,6 +297,7 @@ class Trainer:
         if not self.place.is_main:  # the saved sums are of all processes: the first adds them
             self.position.loss_sum, self.position.correct = 0.0, 0
         self.history = list(state["history"])
+        self.ood = EnergyThreshold.from_dict(state.get("ood"))
         self.fallback.size = self.config.micro_batch or state["micro_batch"]
         torch.random.set_rng_state(state["rng"]["torch"])
         if state["rng"]["cuda"] and torch.cuda.is_available():
@@ -320,6 +332,7 @@ class Trainer:
 
     def _train_epoch(self, epoch: int) -> None:
         pos = self.position
+        self.ood = None  # a threshold is saved only with the weights it was measured on
         steps = len(self.batches.train)
         batches: Iterator = itertools.islice(self.batches.train.epoch(epoch), pos.batch, None)
         bar = tqdm(
@@ -387,9 +400,12 @@ class Trainer:
             self._stop_requested = True
         return bool(stop)
 
-    def evaluate(self, split: str = "test", compare_tta: bool = False) -> dict[str, Any]:
+    def evaluate(
+        self, split: str = "test", compare_tta: bool = False, keep_energy: bool = False
+    ) -> dict[str, Any]:
         """Loss and accuracy of the current weights (the EMA weights when enabled) on `split`;
-        with `compare_tta`, also with and without flip TTA (see `evaluate`)."""
+        with `compare_tta`, also with and without flip TTA, and with `keep_energy` each image's
+        energy score (see `evaluate`)."""
         batches = self.batches.val if split == "val" else self.batches.test
         if batches is None:
             raise UsageError("this run holds out no validation split (see --val-fraction)")
@@ -398,7 +414,7 @@ class Trainer:
             model, batches.epoch(0), device=self.device, precision=self.precision,
             tta=self.config.tta, num_classes=self.spec.num_classes, fallback=self.eval_fallback,
             progress=not self.quiet, total=len(batches), desc=f"eval {split}",
-            sharded=self.place.world > 1, compare_tta=compare_tta,
+            keep_energy=keep_energy, sharded=self.place.world > 1, compare_tta=compare_tta,
         )  # fmt: skip
 
     def _mirrors(self) -> bool:
@@ -430,11 +446,22 @@ class Trainer:
                                "train_acc": pos.correct / pos.seen}  # fmt: skip
         compare = epoch + 1 == self.config.epochs and self._mirrors()  # at the end, cheaply
         for split in ("val", "test"):
+            # the energy threshold comes from the split that chooses best.pt (one process's
+            # whole split: under torchrun each process sees a share, and none is measured)
+            held_out = split == self.selected_on and self.place.world == 1
             wanted = due and (split == "test" or self.batches.val)
-            result = self.evaluate(split, compare and split == "test") if wanted else {}
+            result = (
+                self.evaluate(split, compare and split == "test", keep_energy=held_out)
+                if wanted
+                else {}
+            )
             if "acc_tta" in result:
                 self._warn_if_tta_hurts(result)
             row[f"{split}_loss"], row[f"{split}_acc"] = result.get("loss"), result.get("acc")
+            if split == "test":  # metrics.csv keeps the test split's calibration error
+                row["test_ece"] = result.get("ece")
+            if "energy" in result:
+                self.ood = EnergyThreshold.measure(result["energy"], split)
         row.update(
             images_per_sec=pos.seen / pos.train_seconds if pos.train_seconds else 0.0,
             seconds=time.perf_counter() - start,
@@ -512,6 +539,16 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         """Train until `config.epochs` epochs are done; return the run's summary."""
+        if self.config.tensorboard:
+            require_tensorboard()  # said before any training, not after the first epoch
+        try:
+            return self._fit()
+        finally:
+            if self.board is not None:
+                self.board.close()
+                self.board = None
+
+    def _fit(self) -> dict[str, Any]:
         self.plan_memory()
         settings = {**self.config.to_dict(), "data_spec": self.spec.to_dict()}
         fresh = self.position == Position()
@@ -556,6 +593,8 @@ class Trainer:
         if row[key] is not None and row[key] >= max(scored):
             self.save("best")
         self.folder.write_metrics(self.history, title=f"{self.config.model} on {self.spec.name}")
+        if self.config.tensorboard and self.folder.writes:
+            self._write_board(row)
         if not self.quiet:
             val = "" if row["val_acc"] is None else f"val acc {row['val_acc']:.3f}, "
             test = "-" if row["test_acc"] is None else format(row["test_acc"], ".3f")
@@ -564,6 +603,26 @@ class Trainer:
                 f"train acc {row['train_acc']:.3f}, {val}test acc {test}, "
                 f"{row['images_per_sec']:.1f} images/s, {row['seconds']:.1f} s"
             )
+
+    def _write_board(self, row: dict[str, Any]) -> None:
+        """The epoch's scalars in RUN/tensorboard/ and, when it was evaluated, the first test
+        images with the current weights' predictions (the event files appear with the first
+        checkpoint, so a run stopped before it leaves a folder that a new run may use)."""
+        if self.board is None:
+            self.board = TensorBoardLog(self.run_dir / "tensorboard")
+        self.board.epoch(row)
+        if row["test_acc"] is None:
+            return
+        x, y = next(iter(self.batches.test.epoch(0)))
+        x, y = x[:SHOWN], y[:SHOWN]
+        model = self.ema.module if self.ema else self.eval_model
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            logits = predict(model, x, self.device, self.precision, tta=False)
+        model.train(was_training)
+        pixels = display_pixels(x, self.spec.mean, self.spec.std)
+        self.board.predictions(row["epoch"], pixels, y.tolist(), logits, self.spec.classes)
 
     def summary(self) -> dict[str, Any]:
         """The run's outcome; `best_*` describe the epoch chosen on `selected_on`."""
@@ -580,6 +639,7 @@ class Trainer:
             "selected_on": self.selected_on,
             "best_epoch": best["epoch"],
             "best_test_acc": best["test_acc"],
+            "ece": best.get("test_ece"),  # of best.pt's weights on the test split
         }
         if self.selected_on == "val":
             summary["best_val_acc"] = best["val_acc"]

@@ -139,3 +139,34 @@ def plot_predictions(
         fig.suptitle(title)
     fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
+
+
+def plot_reliability(
+    bins: Sequence[dict[str, Any]], ece: float, path: str | Path | IO[bytes], title: str = ""
+) -> None:
+    """A reliability diagram: each confidence bin's accuracy (bars) against the diagonal a
+    calibrated network would follow, the gap shaded; below, how many images each bin holds.
+    `bins` are the rows of `calibration.reliability`."""
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(5, 5.6), height_ratios=(3, 1), sharex=True, constrained_layout=True
+    )
+    lows = [row["low"] for row in bins]
+    width = bins[0]["high"] - bins[0]["low"]
+    filled = [row for row in bins if row["images"]]
+    top.bar([r["low"] for r in filled], [r["accuracy"] for r in filled], width=width,
+            align="edge", edgecolor="black", color="tab:blue", label="accuracy")  # fmt: skip
+    top.bar([r["low"] for r in filled],
+            [r["confidence"] - r["accuracy"] for r in filled],
+            bottom=[r["accuracy"] for r in filled], width=width, align="edge",
+            color="tab:red", alpha=0.3, edgecolor="tab:red", label="gap to confidence")  # fmt: skip
+    top.plot([0, 1], [0, 1], "k--", linewidth=1, label="calibrated")
+    top.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
+            title=f"{title}\nexpected calibration error {100 * ece:.2f}%" if title
+            else f"expected calibration error {100 * ece:.2f}%")  # fmt: skip
+    top.legend(loc="upper left", fontsize=8)
+    bottom.bar(lows, [row["images"] for row in bins], width=width, align="edge",
+               color="gray", edgecolor="black")  # fmt: skip
+    bottom.set(xlabel="confidence (top probability)", ylabel="images")
+    bottom.set_yscale("symlog")
+    fig.savefig(path, dpi=90, format="png")
+    plt.close(fig)

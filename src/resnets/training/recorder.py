@@ -28,15 +28,22 @@ import yaml
 from resnets.errors import DiskError, UsageError
 from resnets.files import DISK_ERRNOS, free_bytes, write_atomic
 from resnets.training.checkpoint import checkpoint_bytes, save_checkpoint
-from resnets.training.plots import plot_confusion, plot_curves, plot_predictions
+from resnets.training.plots import (
+    plot_confusion,
+    plot_curves,
+    plot_predictions,
+    plot_reliability,
+)
 
 PLOT_EVERY = 30.0  # seconds between redrawings of curves.png for epochs that were not evaluated
 
 # `seconds`: the epoch's training and evaluation. `elapsed`: wall seconds from the start of
 # the run to the end of the epoch's evaluation, start-up, data loading and earlier epochs'
 # checkpoints included, added up over resumed processes (older metrics.csv files lack it).
+# `test_ece`: the test split's expected calibration error (see calibration.py; older files
+# lack it).
 METRICS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
-           "images_per_sec", "seconds", "lr", "elapsed")  # fmt: skip
+           "images_per_sec", "seconds", "lr", "elapsed", "test_ece")  # fmt: skip
 
 
 def default_run_dir(model: str) -> Path:
@@ -247,6 +254,12 @@ class RunFolder:
         picture = io.BytesIO()
         plot_confusion(matrix, classes, picture, title)
         return self._write("confusion.png", picture.getvalue())
+
+    def write_calibration(self, bins: Sequence[dict[str, Any]], ece: float, title: str) -> Path:
+        """`calibration.png`, written by `resnets eval`: the reliability diagram."""
+        picture = io.BytesIO()
+        plot_reliability(bins, ece, picture, title)
+        return self._write("calibration.png", picture.getvalue())
 
     def write_predictions(
         self,
