@@ -295,12 +295,20 @@ def load_cifar100(options: DataOptions) -> Dataset:
 # ---- the user's own images ---------------------------------------------------------------------
 
 
-def _folder_root(options: DataOptions) -> Path:
-    if options.data_dir is None:
+def check_data_dir(name: str, data_dir: str | None) -> None:
+    """Raise the UsageError a run would raise when reading data set `name` without a
+    --data-dir it cannot do without (a folder of one's own images), so that checking the
+    settings (`--dry-run`) says what the run would."""
+    if name == "folder" and data_dir is None:
         raise UsageError(
             "--dataset folder needs --data-dir ROOT (ROOT/train/<class>/*, ROOT/val/<class>/* "
             "or ROOT/test/<class>/*, or ROOT/<class>/*)"
         )
+
+
+def _folder_root(options: DataOptions) -> Path:
+    check_data_dir("folder", options.data_dir)
+    assert options.data_dir is not None
     return Path(options.data_dir).expanduser()
 
 
