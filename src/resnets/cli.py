@@ -34,9 +34,10 @@ from resnets.training import (
 from resnets.training.checkpoint import model_from_checkpoint
 from resnets.training.config import PRECISIONS, RECIPES
 from resnets.training.evaluate import eval_config
-from resnets.training.factory import resume_config
+from resnets.training.factory import nothing_left, resume_config
 from resnets.training.loop import seconds_since_process_start
 from resnets.training.memory import format_bytes, parse_memory_budget
+from resnets.training.progress import DEFAULT_LOG_EVERY, LogEvery
 from resnets.training.runtime import Runtime, resolve_device
 
 Handler = Callable[[argparse.Namespace], int]
@@ -93,20 +94,30 @@ def _train(args: argparse.Namespace) -> int:
     # metrics.csv's `elapsed` counts this process's start-up (Python, torch) too
     started = time.monotonic() - seconds_since_process_start()
     settings = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)}
+    log_every = LogEvery.parse(args.log_every)
     if args.resume:
         if args.recipe or args.config:
             raise UsageError(
                 "--resume continues a run with its saved settings; drop --recipe/--config"
             )
+        resumed = resume_config(args.resume, settings)
+        path, state, config = resumed
         if args.dry_run:
-            path, _, config = resume_config(args.resume, settings)
             return _dry_run(config, f"resnets train --resume {path}")
-        trainer = resume_trainer(args.resume, settings, quiet=args.quiet, started=started)
+        done = nothing_left(*resumed)
+        if done is not None:  # said before memory is probed or data read
+            if distributed.Dist.from_env().is_main:
+                print(done)
+            return 0
+        trainer = resume_trainer(
+            args.resume, settings, resumed=resumed, quiet=args.quiet, started=started,
+            log_every=log_every,
+        )  # fmt: skip
     elif args.dry_run:
         return _dry_run(make_config(args.recipe, args.config, settings), "resnets train")
     else:
         config = make_config(args.recipe, args.config, settings)
-        trainer = start_trainer(config, quiet=args.quiet, started=started)
+        trainer = start_trainer(config, quiet=args.quiet, started=started, log_every=log_every)
     trainer.fit()
     distributed.shutdown()  # under torchrun; a process that fails exits without it
     return 0
@@ -393,6 +404,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", metavar="FILE", help="settings from a TOML or YAML file")
     train.add_argument("--resume", metavar="DIR", help="continue the run in DIR (or checkpoint)")
     train.add_argument("--quiet", action="store_true", help="print only the final line")
+    train.add_argument(
+        "--log-every", default=DEFAULT_LOG_EVERY, metavar="N|Ts",
+        help="where standard output is not a terminal (a log file, nohup, CI), a progress line "
+        "every N steps or every T seconds (Ts), instead of the progress bar; 0: none "
+        f"(default: {DEFAULT_LOG_EVERY})",
+    )  # fmt: skip
     train.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
     _add_train_settings(train)
     train.set_defaults(handler=_train)
