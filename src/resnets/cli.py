@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 import yaml
+from tqdm import tqdm
 
 from resnets.bench import bench_config, benchmark
 from resnets.data import DataOptions, describe, list_datasets
@@ -45,7 +46,13 @@ Handler = Callable[[argparse.Namespace], int]
 
 def _models(args: argparse.Namespace) -> int:
     rows = []
-    for name in list_models():
+    names = list_models()
+    # counting MACs runs every network once: a couple of minutes on a small CPU, so show it
+    bar = tqdm(names, desc="counting MACs", unit="model", leave=False,
+               disable=not args.macs or not sys.stderr.isatty())  # fmt: skip
+    for number, name in enumerate(bar, 1):
+        if args.macs and bar.disable:  # a log file: a line per model
+            print(f"counting MACs: {name} ({number}/{len(names)})", file=sys.stderr, flush=True)
         model = create_model(name)
         size = default_input_size(name)
         row: dict[str, Any] = {"name": name, "params": count_params(model), "input_size": size}
