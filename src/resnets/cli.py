@@ -217,10 +217,14 @@ def _bench(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    layout = "channels-last" if result["channels_last"] else "NCHW"
+    kernels = ""
+    if result["instruction_set"] is not None:
+        bf16 = "native bf16" if result["native_bf16"] else "no native bf16"
+        kernels = f" ({result['instruction_set']} kernels, {bf16})"
     print(
         f"{result['model']} at {result['image_size']}px, batch {result['batch_size']}, "
-        f"{result['device']} {result['precision']} {layout}, {result['data']} data"
+        f"{result['device']}{kernels} {result['precision']} {result['layout']}, "
+        f"{result['data']} data"
         f"{' (streamed from disk)' if result['streamed'] else ''}, "
         f"{result['steps']} timed steps"
         f"{', ' + str(result['processes']) + ' processes' if result['processes'] > 1 else ''}"
