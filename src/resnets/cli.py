@@ -267,11 +267,15 @@ def _datasets(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     for row in rows:
-        shape = (
-            f"{row['classes']} classes, {row['channels']}x{row['size']}x{row['size']}"
-            if "classes" in row
-            else "classes, channels and size from the images"
-        )
+        if "classes" not in row:
+            shape = "classes, channels and size from the images"
+        elif row["size"] is None:  # a folder: its colours decide the channels (--color auto)
+            shape = (f"{row['classes']} classes, {row['files']} image files at --image-size; "
+                     f"{row['colors']}")  # fmt: skip
+        else:
+            kind = "grey" if row["channels"] == 1 else "RGB"
+            side = row["size"]
+            shape = f"{row['classes']} classes, {row['channels']}x{side}x{side} {kind}"
         if not row["found"]:
             places = ", ".join(row["looked_in"])
             state = f"not found (looked in {places})" if places else "not found: needs --data-dir"
