@@ -447,6 +447,25 @@ def test_channels_last_and_dtype() -> None:
     assert x.is_contiguous(memory_format=torch.channels_last)
 
 
+AUGMENTS = ["none", "crop", "flip", "altflip", "erase", "rrc", "mixup", "cutmix", "crop+flip",
+            "crop+flip+erase"]  # fmt: skip
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("augment", AUGMENTS)
+def test_every_augmentation_gives_the_models_exact_strides(
+    augment: str, channels_last: bool
+) -> None:
+    """crop left a one-channel batch in NHWC strides, which `.contiguous()` keeps (a size-1
+    dimension's stride does not count there) but convolutions read as channels-last: under
+    torchrun every rank then warned "Grad strides do not match bucket view strides"."""
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    for image_size in (28, 32):  # as stored, and resized
+        data = batches(augment=augment, channels_last=channels_last, image_size=image_size)
+        x, _ = next(data.epoch(0))
+        assert x.stride() == torch.empty(x.shape, memory_format=layout).stride(), image_size
+
+
 def test_shuffle_sees_every_sample_once_and_is_reproducible() -> None:
     data = batches(50, batch_size=8, shuffle=True, augment="crop+flip", seed=7)
     first = list(data.epoch(3))
