@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from resnets.cli import main
 from resnets.training.runtime import cpu_has_native_bf16
@@ -31,6 +32,11 @@ def test_bench_json(capsys: pytest.CaptureFixture[str]) -> None:
                 "eval_folded_images_per_sec"):  # fmt: skip
         assert result[key] > 0, key
     assert result["device"] == "cpu" and result["steps"] == 2
+    # what the figures depend on: instruction set, precision, layout
+    assert result["instruction_set"] == torch.backends.cpu.get_cpu_capability()
+    assert result["native_bf16"] in (True, False)
+    assert result["layout"] == ("channels-last" if result["channels_last"] else "NCHW")
+    assert result["precision"] in ("fp32", "bf16")
     if importlib.util.find_spec("onnxruntime"):  # the export extra is installed: ONNX is timed
         assert result["eval_onnx_images_per_sec"] > 0
         assert result["onnx"].startswith("onnxruntime ")
@@ -48,7 +54,8 @@ def test_bench_without_onnx(capsys: pytest.CaptureFixture[str]) -> None:
 def test_bench_text(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*TINY_BENCH, "--steps", "1", "--precision", "fp32", "--no-onnx"]) == 0
     out = capsys.readouterr().out
-    assert "fp32 NCHW" in out and "images/s" in out and "GFLOP/s achieved" in out
+    assert f"cpu ({torch.backends.cpu.get_cpu_capability()} kernels, " in out.splitlines()[0]
+    assert "bf16) fp32 NCHW" in out and "images/s" in out and "GFLOP/s achieved" in out
     assert "BatchNorm as trained" in out and "BatchNorm folded" in out and "eval onnx" in out
 
 

@@ -48,19 +48,21 @@ def test_train_then_eval(
     tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out_dir = tmp_path / "run"
-    code, out, err = run(
-        capsys, "train", *flags(TINY), "--data-dir", str(data_dir), "--out", str(out_dir)
-    )
+    code, out, err = run(capsys, "train", *flags(TINY), "--data-dir", str(data_dir), "--out",
+                         str(out_dir), "--log-every", "0")  # no progress line on a slow day
     assert code == 0, err
     lines = out.strip().splitlines()
     assert lines[0] == (
         "note: mirroring off: the settings ask for no flip and no flip TTA (fashion-mnist: a "
         "mirrored garment is the same garment)"
     )
-    assert lines[1].startswith("note: memory: the whole batch of 50 fits;")
-    assert lines[2].startswith("training cifar_resnet20 on fashion-mnist on cpu (fp32)")
+    # the wait for the memory probes is announced before it starts
+    assert lines[1].startswith("note: planning memory: probing training steps of up to 50 ")
+    assert lines[2].startswith("note: memory: the whole batch of 50 fits;")
+    assert lines[3].startswith("training cifar_resnet20 on fashion-mnist on cpu (fp32)")
+    assert "images, 1 channel (grey), at 16px" in lines[3]
     assert (
-        lines[3].startswith("epoch 1, loss ") and "test acc" in lines[3] and "images/s" in lines[3]
+        lines[4].startswith("epoch 1, loss ") and "test acc" in lines[4] and "images/s" in lines[4]
     )
     assert lines[-1].startswith("done: 2 epochs in ")
 
@@ -69,6 +71,11 @@ def test_train_then_eval(
     result = json.loads(out)
     assert {"test_acc", "test_loss", "per_class"} <= set(result)
     assert list(result["per_class"]) == list(FASHION_MNIST.spec.classes)
+    # each is the exact fraction, as float64 gives it: no float32 noise (0.8899999856948853)
+    for row, (name, acc) in enumerate(result["per_class"].items()):
+        counts = result["confusion"][row]
+        assert acc == counts[row] / max(1, sum(counts)), name
+        assert len(repr(acc)) <= 20 and repr(acc) == repr(float(f"{acc:.15g}"))
     assert result["test_acc"] == json.loads((out_dir / "summary.json").read_text())["best_test_acc"]
     assert (out_dir / "confusion.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -80,6 +87,56 @@ def test_train_then_eval(
     code, out, err = run(capsys, "train", "--resume", str(out_dir), "--epochs", "3", "--quiet")
     assert code == 0, err
     assert out.strip().splitlines() == [out.strip()] and out.startswith("done: 3 epochs")
+
+
+def test_resuming_a_finished_run_says_there_is_nothing_left(
+    tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before: "training ...", 14 s of memory probes, then "done". Now one line, before any
+    data are read or memory probed, and exit 0."""
+    out_dir = tmp_path / "run"
+    argv = ["train", *flags({**TINY, "epochs": 1}), "--data-dir", str(data_dir)]
+    code, _, err = run(capsys, *argv, "--out", str(out_dir), "--quiet")
+    assert code == 0, err
+    from resnets.training import factory, plan
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a finished run read its data or probed memory")
+
+    monkeypatch.setattr(factory, "load_data", never)
+    monkeypatch.setattr(plan, "plan_memory", never)
+    for more in ([], ["--epochs", "1"]):
+        code, out, err = run(capsys, "train", "--resume", str(out_dir), *more)
+        assert (code, err) == (0, "")
+        assert out == (
+            f"{out_dir} has trained 1 of 1 epochs: nothing left to do. To train longer, give "
+            f"a new total: resnets train --resume {out_dir} --epochs 6\n"
+        )
+
+
+def test_a_log_file_gets_progress_lines_instead_of_a_bar(tmp_path: Path, data_dir: Path) -> None:
+    """With standard output a file (nohup, CI, `make run > log`), a line every N steps; before,
+    nothing came until the epoch ended."""
+    log = tmp_path / "train.log"
+    argv = ["train", *flags({**TINY, "epochs": 1}), "--data-dir", str(data_dir), "--no-verify",
+            "--out", str(tmp_path / "run"), "--log-every", "2"]  # fmt: skip
+    env = {**os.environ, "RESNETS_DATA": str(tmp_path / "empty-cache")}
+    with log.open("w") as stdout:
+        done = subprocess.run(
+            [sys.executable, "-m", "resnets.cli", *argv], env=env, stdout=stdout,
+            stderr=subprocess.PIPE, text=True, timeout=300,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = log.read_text().splitlines()
+    progress = [line for line in lines if line.startswith("epoch 1/1, batch ")]
+    steps = len(synthetic_dataset().train) // TINY["batch_size"]
+    assert len(progress) == (steps - 1) // 2 >= 1  # every 2 steps, none after the last
+    assert progress[0].startswith(f"epoch 1/1, batch 2/{steps} (")
+    assert "loss " in progress[0] and "images/s, about " in progress[0]
+    epoch_line = next(line for line in lines if line.startswith("epoch 1,"))
+    assert lines.index(progress[-1]) < lines.index(epoch_line)
+    assert "\r" not in log.read_text()  # no bar in the file
 
 
 def test_config_files_and_flag_precedence(

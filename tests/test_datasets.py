@@ -7,6 +7,7 @@ loaded by name.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import pickle
@@ -396,6 +397,49 @@ def test_flat_folder_holds_out_a_fixed_test_split(tmp_path: Path) -> None:
     assert torch.equal(first.test.rows, again.test.rows)
     assert torch.equal(first.train.rows, again.train.rows)
     assert len(first.notes) == 1 and "held out" in first.notes[0] and "4 images" in first.notes[0]
+
+
+@pytest.mark.parametrize(("color", "channels"), [("auto", 3), ("gray", 1), ("rgb", 3)])
+def test_one_colour_file_among_grey_ones_is_said(
+    tmp_path: Path, color: str, channels: int
+) -> None:
+    """4,000 grey PNGs and 10 colour JPEGs made an RGB set and nothing said so."""
+    for name in ("a", "b"):
+        for i in range(4):
+            write_png(tmp_path / "train" / name / f"{i}.png", 20 * i, "L")
+            write_png(tmp_path / "test" / name / f"{i}.png", 20 * i, "L")
+    write_png(tmp_path / "train" / "b" / "photo.png", 99, "RGB")
+    options = dataclasses.replace(folder_options(tmp_path), color=color)
+    for _ in range(2):  # decoded, then read back from the cache: said both times
+        data = load_dataset("folder", options)
+        assert data.spec.channels == channels
+        if color != "auto":
+            assert data.notes == []  # chosen by the user: nothing to explain
+            continue
+        assert data.notes == [
+            f"{tmp_path}: 8 grey and 1 colour image files (e.g. train/b/photo.png): RGB, 3 "
+            "channels, as one colour file makes the whole set RGB; --color gray trains on grey "
+            "(1 channel)"
+        ]
+
+
+def test_datasets_command_shows_a_folders_classes_and_colours(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for i in range(3):
+        write_png(tmp_path / "cat" / f"{i}.png", 10 * i, "L")
+        write_png(tmp_path / "dog" / f"{i}.png", 10 * i, "L")
+    write_png(tmp_path / "dog" / "colour.png", 10, "RGB")
+    assert main(["datasets", "--json", "--data-dir", str(tmp_path)]) == 0
+    row = next(r for r in json.loads(capsys.readouterr().out) if r["name"] == "folder")
+    assert (row["classes"], row["channels"], row["files"]) == (2, 3, 7)
+    assert (row["gray_files"], row["color_files"]) == (6, 1)
+    assert not (tmp_path / ".resnets-cache").exists()  # listed, not decoded
+    assert main(["datasets", "--data-dir", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "folder         2 classes, 7 image files at --image-size; 6 grey and 1 colour " in text
+    assert "--color gray" in text
+    assert "fashion-mnist  10 classes, 1x28x28 grey\n" in text
 
 
 def test_folder_needs_a_data_dir() -> None:

@@ -154,6 +154,23 @@ def test_without_sync_bn_each_process_normalises_its_own_share(
     assert any(not torch.allclose(double[k], whole[k], atol=1e-4) for k in parameters)
 
 
+@pytest.mark.parametrize("layout", ["--no-channels-last", "--channels-last"])
+def test_gradients_match_ddps_buckets_with_every_augmentation(
+    data_dir: Path, tmp_path: Path, layout: str
+) -> None:
+    """`crop` built its batches in channels-last strides (a permute) for an NCHW model, so the
+    convolutions' weight gradients came out channels-last, unlike the buckets DDP laid out
+    from the parameters, and both ranks warned "Grad strides do not match bucket view
+    strides" (DDP then copies each such gradient). Batches now take the model's layout."""
+    # a network with 1x1 convolutions (the shortcuts): their gradients' strides showed it
+    network = ["--model=resnet18", "--small-input", "--width=0.25"]
+    done = torchrun(*train_flags(data_dir, tmp_path / "run", *network, layout,
+                                 "--augment=crop+flip", "--epochs=1", "--quiet"),
+                    cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Grad strides do not match" not in done.stderr, done.stderr
+
+
 def test_one_process_writes_and_the_summary_matches_an_evaluation(
     two_process_run: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -332,6 +332,19 @@ def test_train_dry_run_prints_the_settings_and_does_nothing(
     assert not out_dir.exists()
 
 
+def test_dry_run_of_a_folder_without_data_dir_fails_as_the_run_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--dry-run said "these settings are valid" where the run then stopped at once."""
+    argv = ["train", "--dataset", "folder", "--epochs", "1", "--out", str(tmp_path / "run")]
+    code, out, err = run(capsys, *argv, "--dry-run")
+    real_code, real_out, real_err = run(capsys, *argv)
+    assert (code, out, err) == (real_code, real_out, real_err)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith("resnets: error: --dataset folder needs --data-dir ROOT")
+    assert not (tmp_path / "run").exists()
+
+
 def test_eval_and_resume_dry_runs(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "eval", str(run_dir), "--dry-run", "--batch-size", "7")
     assert code == 0, err

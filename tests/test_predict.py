@@ -21,6 +21,7 @@ import resnets
 from resnets.cli import main
 from resnets.data import DataSpec, DeviceBatches
 from resnets.data.batches import network_input
+from resnets.errors import UsageError
 from resnets.models import create_model
 from resnets.predict import Classifier, ImageError, Prediction
 from resnets.training import factory, load_checkpoint
@@ -225,6 +226,58 @@ def test_a_pillow_image_is_predicted_as_its_file(
         in_memory = shapes_classifier.predict([opened.copy()])[0]  # no filename
     assert from_image == from_file
     assert in_memory.source == "<image 0>" and in_memory.top == from_file.top
+
+
+# -- NumPy arrays: before, `predict([array])` raised AttributeError: ... has no attribute 'read'
+
+
+def as_arrays(image: Image.Image) -> dict[str, np.ndarray]:
+    """`image` as each array form predict accepts (grey forms only for a grey image)."""
+    if image.mode == "L":
+        grey = np.asarray(image)
+        return {"HW uint8": grey, "HW1 uint8": grey[:, :, None],
+                "1HW float32": grey[None].astype(np.float32) / 255}  # fmt: skip
+    rgb = np.asarray(image.convert("RGB"))
+    return {"HWC uint8": rgb, "CHW float32": rgb.transpose(2, 0, 1).astype(np.float32) / 255,
+            "CHW float64": rgb.transpose(2, 0, 1) / 255.0}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["gray.png", "rgb.png", "rgb.bmp"])
+def test_a_numpy_array_is_predicted_as_its_pillow_image(
+    shapes_classifier: Classifier, images: Path, name: str
+) -> None:
+    with Image.open(images / name) as opened:
+        image = opened.copy()
+    expected = shapes_classifier.predict([image])[0].top
+    for form, array in as_arrays(image).items():
+        got = shapes_classifier.predict([array])
+        assert got[0].source == "<image 0>" and got[0].top == expected, form
+        assert shapes_classifier.predict(array) == got, form  # one array: one image, not rows
+
+
+@pytest.mark.parametrize(
+    ("image", "says"),
+    [
+        (np.zeros((3, 8, 8), np.uint8), "uint8 (3, 8, 8) is not one of"),  # uint8 must be HWC
+        (np.zeros((8, 8, 4), np.uint8), "uint8 (8, 8, 4) is not one of"),
+        (np.zeros((8, 8), np.int64), "int64 (8, 8) is not one of"),
+        (np.zeros((8, 8, 3), np.float32), "float32 (8, 8, 3) is not one of"),
+        (np.full((3, 8, 8), 255.0), "values in [0, 1]"),  # float pixels on the 0-255 scale
+        (np.full((1, 8, 8), np.nan), "values in [0, 1]"),
+        (b"\x89PNG", "a file path, a Pillow image or a NumPy array"),
+        (7, "not int"),
+    ],
+    ids=["uint8-chw", "rgba-array", "int64", "float-hwc", "float-255", "nan", "bytes", "int"],
+)
+def test_anything_else_is_refused_in_one_line_saying_what_is_accepted(
+    shapes_classifier: Classifier, image: Any, says: str
+) -> None:
+    with pytest.raises(UsageError) as caught:
+        shapes_classifier.predict([image])
+    message = str(caught.value)
+    assert says in message and "\n" not in message and "[0, 1]" in message
+    with pytest.raises(UsageError):  # a wrong argument is not an unreadable file: not skipped
+        shapes_classifier.predict([image], on_error=lambda error: None)
 
 
 @pytest.mark.parametrize("source", ["run", "pt", "safetensors"])

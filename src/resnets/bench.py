@@ -32,7 +32,12 @@ from resnets.training.factory import (
 )
 from resnets.training.loop import build_optimizer, build_step_models
 from resnets.training.memory import MemoryFallback
-from resnets.training.runtime import Runtime, peak_memory_bytes, reset_peak_memory
+from resnets.training.runtime import (
+    Runtime,
+    cpu_has_native_bf16,
+    peak_memory_bytes,
+    reset_peak_memory,
+)
 from resnets.training.step import StepParts, train_step
 from resnets.weights import TrainedNetwork
 
@@ -202,6 +207,11 @@ def benchmark(
         "device": str(dev),
         "precision": runtime.precision,
         "channels_last": runtime.channels_last,
+        "layout": "channels-last" if runtime.channels_last else "NCHW",
+        # the CPU kernels' instruction set (capped by ATEN_CPU_CAPABILITY where set): timings
+        # of an AVX-512 machine and an AVX2 one differ by 2-3x (BENCHMARKS.md)
+        "instruction_set": torch.backends.cpu.get_cpu_capability() if dev.type == "cpu" else None,
+        "native_bf16": cpu_has_native_bf16() if dev.type == "cpu" else None,
         "compile": compile,
         "data": source,
         "streamed": batches.train.stream,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import yaml
+from tqdm import tqdm
 
 from resnets.bench import bench_config, benchmark
 from resnets.data import DataOptions, describe, list_datasets
@@ -36,9 +37,10 @@ from resnets.training import (
 from resnets.training.checkpoint import model_from_checkpoint
 from resnets.training.config import PRECISIONS, RECIPES
 from resnets.training.evaluate import eval_config
-from resnets.training.factory import resolve_before_data, resume_config
+from resnets.training.factory import nothing_left, resolve_before_data, resume_config
 from resnets.training.loop import seconds_since_process_start
 from resnets.training.memory import format_bytes, parse_memory_budget
+from resnets.training.progress import DEFAULT_LOG_EVERY, LogEvery
 from resnets.training.runtime import Runtime, resolve_device
 
 Handler = Callable[[argparse.Namespace], int]
@@ -46,7 +48,13 @@ Handler = Callable[[argparse.Namespace], int]
 
 def _models(args: argparse.Namespace) -> int:
     rows = []
-    for name in list_models():
+    names = list_models()
+    # counting MACs runs every network once: a couple of minutes on a small CPU, so show it
+    bar = tqdm(names, desc="counting MACs", unit="model", leave=False,
+               disable=not args.macs or not sys.stderr.isatty())  # fmt: skip
+    for number, name in enumerate(bar, 1):
+        if args.macs and bar.disable:  # a log file: a line per model
+            print(f"counting MACs: {name} ({number}/{len(names)})", file=sys.stderr, flush=True)
         model = create_model(name)
         size = default_input_size(name)
         row: dict[str, Any] = {"name": name, "params": count_params(model), "input_size": size}
@@ -100,21 +108,31 @@ def _train(args: argparse.Namespace) -> int:
     # metrics.csv's `elapsed` counts this process's start-up (Python, torch) too
     started = time.monotonic() - seconds_since_process_start()
     settings = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)}
+    log_every = LogEvery.parse(args.log_every)
     if args.resume:
         if args.recipe or args.config:
             raise UsageError(
                 "--resume continues a run with its saved settings; drop --recipe/--config"
             )
+        resumed = resume_config(args.resume, settings)
+        path, state, config = resumed
         if args.dry_run:
-            path, _, config = resume_config(args.resume, settings)
             return _dry_run(config, f"resnets train --resume {path}")
-        trainer = resume_trainer(args.resume, settings, quiet=args.quiet, started=started)
+        done = nothing_left(*resumed)
+        if done is not None:  # said before memory is probed or data read
+            if distributed.Dist.from_env().is_main:
+                print(done)
+            return 0
+        trainer = resume_trainer(
+            args.resume, settings, resumed=resumed, quiet=args.quiet, started=started,
+            log_every=log_every,
+        )  # fmt: skip
     elif args.dry_run:
         config, notes = resolve_before_data(make_config(args.recipe, args.config, settings))
         return _dry_run(config, "resnets train", notes=notes)
     else:
         config = make_config(args.recipe, args.config, settings)
-        trainer = start_trainer(config, quiet=args.quiet, started=started)
+        trainer = start_trainer(config, quiet=args.quiet, started=started, log_every=log_every)
     trainer.fit()
     distributed.shutdown()  # under torchrun; a process that fails exits without it
     return 0
@@ -237,10 +255,14 @@ def _bench(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    layout = "channels-last" if result["channels_last"] else "NCHW"
+    kernels = ""
+    if result["instruction_set"] is not None:
+        bf16 = "native bf16" if result["native_bf16"] else "no native bf16"
+        kernels = f" ({result['instruction_set']} kernels, {bf16})"
     print(
         f"{result['model']} at {result['image_size']}px, batch {result['batch_size']}, "
-        f"{result['device']} {result['precision']} {layout}, {result['data']} data"
+        f"{result['device']}{kernels} {result['precision']} {result['layout']}, "
+        f"{result['data']} data"
         f"{' (streamed from disk)' if result['streamed'] else ''}, "
         f"{result['steps']} timed steps"
         f"{', ' + str(result['processes']) + ' processes' if result['processes'] > 1 else ''}"
@@ -283,11 +305,15 @@ def _datasets(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     for row in rows:
-        shape = (
-            f"{row['classes']} classes, {row['channels']}x{row['size']}x{row['size']}"
-            if "classes" in row
-            else "classes, channels and size from the images"
-        )
+        if "classes" not in row:
+            shape = "classes, channels and size from the images"
+        elif row["size"] is None:  # a folder: its colours decide the channels (--color auto)
+            shape = (f"{row['classes']} classes, {row['files']} image files at --image-size; "
+                     f"{row['colors']}")  # fmt: skip
+        else:
+            kind = "grey" if row["channels"] == 1 else "RGB"
+            side = row["size"]
+            shape = f"{row['classes']} classes, {row['channels']}x{side}x{side} {kind}"
         if not row["found"]:
             places = ", ".join(row["looked_in"])
             state = f"not found (looked in {places})" if places else "not found: needs --data-dir"
@@ -441,6 +467,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", metavar="FILE", help="settings from a TOML or YAML file")
     train.add_argument("--resume", metavar="DIR", help="continue the run in DIR (or checkpoint)")
     train.add_argument("--quiet", action="store_true", help="print only the final line")
+    train.add_argument(
+        "--log-every", default=DEFAULT_LOG_EVERY, metavar="N|Ts",
+        help="where standard output is not a terminal (a log file, nohup, CI), a progress line "
+        "every N steps or every T seconds (Ts), instead of the progress bar; 0: none "
+        f"(default: {DEFAULT_LOG_EVERY})",
+    )  # fmt: skip
     train.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
     _add_train_settings(train)
     train.set_defaults(handler=_train)

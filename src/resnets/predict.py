@@ -9,7 +9,8 @@ network's channels, alpha dropped, the centred square resized bicubically to the
 size), then `resnets.data.batches.network_input` normalises and resizes it exactly as
 evaluation batches are (no augmentation, no test-time mirroring). A Pillow image is taken
 as it is decoded; given by its path, a JPEG file at least twice the data's size is decoded at
-reduced scale, as training did, so the two can differ a little.
+reduced scale, as training did, so the two can differ a little. A NumPy array is taken as a
+Pillow image would be (see ARRAYS for the shapes and ranges it may have).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -32,8 +34,13 @@ from resnets.models.fold import fold_batchnorm
 from resnets.ood import energy
 from resnets.weights import TrainedNetwork, load_network
 
-# What `predict` takes for one image: a file's path, or a Pillow image.
-ImageSource = str | os.PathLike[str] | Image.Image
+# What `predict` takes for one image: a file's path, a Pillow image, or a NumPy array.
+ImageSource = str | os.PathLike[str] | Image.Image | np.ndarray
+ARRAYS = (
+    "uint8 (H, W) grey or (H, W, 3) RGB as Pillow and OpenCV-in-RGB give them, or float "
+    "(C, H, W) with C 1 or 3 and values in [0, 1] as torchvision's ToTensor gives them"
+)
+ACCEPTED = f"a file path, a Pillow image or a NumPy array ({ARRAYS})"
 
 
 class ImageError(DataError):
@@ -154,11 +161,18 @@ class Classifier:
         Raises ImageError, one line naming the file, for a file that is missing, empty, not an
         image, truncated or damaged.
         """
+        source: str | os.PathLike[str] | Image.Image
+        if isinstance(image, np.ndarray):
+            source = image_of_array(image)
+        elif isinstance(image, (str, os.PathLike, Image.Image)):
+            source = image
+        else:
+            raise UsageError(f"an image is {ACCEPTED}, not {type(image).__name__}")
         try:
             with truncated_images_refused():
-                array = decode_image(image, self.spec.size, self.spec.channels)
+                array = decode_image(source, self.spec.size, self.spec.channels)
         except UNREADABLE as error:
-            raise ImageError(_why_unreadable(image, error)) from error
+            raise ImageError(_why_unreadable(source, error)) from error
         return torch.from_numpy(array.copy())  # Pillow's array is read-only
 
     @torch.inference_mode()
@@ -182,8 +196,9 @@ class Classifier:
         batch_size: int = 64,
         on_error: Callable[[ImageError], None] | None = None,
     ) -> list[Prediction]:
-        """The `top_k` most probable classes of each image (files and/or Pillow images), in
-        the order given, `batch_size` images through the network at a time.
+        """The `top_k` most probable classes of each image (files, Pillow images and/or NumPy
+        arrays as ARRAYS says), in the order given, `batch_size` images through the network
+        at a time.
 
         An image that cannot be read raises ImageError, unless `on_error` is given: it is then
         called with the error and the image is left out of the results (each result names its
@@ -194,8 +209,8 @@ class Classifier:
             raise UsageError(f"top_k must be a positive whole number, not {top_k!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise UsageError(f"batch_size must be a positive whole number, not {batch_size!r}")
-        if isinstance(images, (str, os.PathLike, Image.Image)):
-            images = [images]
+        if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
+            images = [images]  # one array is one image, not a sequence of rows
         k = min(top_k, len(self.classes))
         results: list[Prediction] = []
         for batch in _chunks(enumerate(images), batch_size):
@@ -317,13 +332,39 @@ def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
+def image_of_array(array: np.ndarray) -> Image.Image:
+    """A NumPy array as the Pillow image it stands for (see ARRAYS); UsageError, one line
+    saying what is accepted, for any other shape, type or range."""
+    shape, kind = array.shape, array.dtype
+    refused = UsageError(f"an array image of {kind} {shape} is not one of: {ARRAYS}")
+    if kind == np.uint8:
+        if array.ndim == 2 or (array.ndim == 3 and shape[2] == 1):
+            return Image.fromarray(np.ascontiguousarray(array.reshape(shape[:2])), "L")
+        if array.ndim == 3 and shape[2] == 3:
+            return Image.fromarray(np.ascontiguousarray(array), "RGB")
+        raise refused
+    if np.issubdtype(kind, np.floating) and array.ndim == 3 and shape[0] in (1, 3):
+        finite = bool(np.all(np.isfinite(array)))
+        if not finite or array.min() < 0 or array.max() > 1:
+            held = f"{array.min():.3g} to {array.max():.3g}" if finite else "NaN or infinity"
+            raise UsageError(
+                f"a float array image must hold values in [0, 1] (as ToTensor gives), not "
+                f"{held}; scale it, or pass uint8 pixels"
+            )
+        pixels = np.rint(array.transpose(1, 2, 0) * 255).astype(np.uint8)
+        return image_of_array(pixels)
+    raise refused
+
+
 def _name_of(image: ImageSource, position: int) -> str:
+    if isinstance(image, np.ndarray):
+        return f"<image {position}>"
     if isinstance(image, Image.Image):
         return str(getattr(image, "filename", "") or f"<image {position}>")
     return os.fspath(image)
 
 
-def _why_unreadable(image: ImageSource, error: BaseException) -> str:
+def _why_unreadable(image: str | os.PathLike[str] | Image.Image, error: BaseException) -> str:
     """One line: the image's name and why it cannot be read."""
     if isinstance(image, Image.Image):
         name = str(getattr(image, "filename", "") or "a Pillow image")

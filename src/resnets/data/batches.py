@@ -107,6 +107,19 @@ def _normalisation(
     return shift, scale
 
 
+def in_layout(x: torch.Tensor, layout: torch.memory_format) -> torch.Tensor:
+    """`x` with exactly the strides of `layout`, the model's: whatever the augmentations left.
+
+    crop's permute leaves NHWC strides, and for one channel `.contiguous()` keeps them (strides
+    of size-1 dimensions do not count there), yet convolutions read them as channels-last and
+    give the 1x1 convolutions' weight gradients in channels-last strides. Under torchrun those
+    differ from DDP's buckets, laid out from the parameters: every rank warned "Grad strides
+    do not match bucket view strides", and DDP copied each such gradient.
+    """
+    wanted = torch.empty(x.shape, device="meta", memory_format=layout).stride()
+    return x if x.stride() == wanted else x.clone(memory_format=layout)
+
+
 class DeviceBatches:
     """Shuffled, augmented, resized and normalised batches of a split, built on `device`.
 
@@ -278,8 +291,8 @@ class DeviceBatches:
                 x, targets = mixup(x, soft, MIXUP_ALPHA, mix_rng)
             else:
                 x, targets = cutmix(x, soft, CUTMIX_ALPHA, mix_rng, generator)
-        x = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-        return x, targets
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        return in_layout(x, layout), targets
 
     def _crop(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Shift each image by up to `pad` pixels each way, filling with zeros (black)."""

@@ -310,12 +310,20 @@ def load_cifar100(options: DataOptions) -> Dataset:
 # ---- the user's own images ---------------------------------------------------------------------
 
 
-def _folder_root(options: DataOptions) -> Path:
-    if options.data_dir is None:
+def check_data_dir(name: str, data_dir: str | None) -> None:
+    """Raise the UsageError a run would raise when reading data set `name` without a
+    --data-dir it cannot do without (a folder of one's own images), so that checking the
+    settings (`--dry-run`) says what the run would."""
+    if name == "folder" and data_dir is None:
         raise UsageError(
             "--dataset folder needs --data-dir ROOT (ROOT/train/<class>/*, ROOT/val/<class>/* "
             "or ROOT/test/<class>/*, or ROOT/<class>/*)"
         )
+
+
+def _folder_root(options: DataOptions) -> Path:
+    check_data_dir("folder", options.data_dir)
+    assert options.data_dir is not None
     return Path(options.data_dir).expanduser()
 
 
@@ -362,14 +370,17 @@ def load_folder(options: DataOptions) -> Dataset:
         said = f"{facts.path} says mirror = {str(facts.mirror).lower()}"
         spec = replace(spec, mirror_ok=facts.mirror, mirror_why=said)
     train = Split(data.train_images, train_labels)
+    # said on every run of a mixed folder: one colour file made the whole set RGB
+    colors = data.colors
+    notes = [f"{root}: {colors.describe()}"] if colors and colors.gray and colors.color else []
     if data.test_images is None or test_labels is None:
         keep, held = stratified_split(train.labels, FOLDER_TEST_FRACTION, FOLDER_TEST_SEED)
-        note = (
+        notes.append(
             f"{root} has no val/ or test/ split: {len(held)} images "
             f"({FOLDER_TEST_FRACTION:.0%} of each class, fixed seed) are held out as the test set"
         )
-        return Dataset(spec, train.select(keep), train.select(held), notes=[note])
-    return Dataset(spec, train, Split(data.test_images, test_labels))
+        return Dataset(spec, train.select(keep), train.select(held), notes=notes)
+    return Dataset(spec, train, Split(data.test_images, test_labels), notes=notes)
 
 
 def _folder_color(color: str, facts: DatasetFacts | None) -> str:
@@ -475,6 +486,24 @@ def load_dataset(
     return data
 
 
+def _describe_folder(row: dict[str, Any], root: Path, check: bool) -> None:
+    """A found folder's classes, file count and colours (headers read, nothing decoded); with
+    `check`, whether it can be listed at all."""
+    from resnets.data import folder  # noqa: PLC0415 (Pillow only where folders are read)
+
+    if not check:
+        return
+    try:
+        classes, files, colors = folder.survey(root)
+    except DataError as error:
+        row.update(verified=False, problem=str(error).splitlines()[0])
+        return
+    row.update(
+        classes=len(classes), channels=colors.channels, size=None, files=files,
+        gray_files=colors.gray, color_files=colors.color, colors=colors.describe(),
+    )  # fmt: skip
+
+
 def describe(name: str, options: DataOptions, check: bool = True) -> dict[str, Any]:
     """What `resnets datasets` prints for one set: its facts, where it is, whether it checks."""
     entry = get_entry(name)
@@ -490,6 +519,8 @@ def describe(name: str, options: DataOptions, check: bool = True) -> dict[str, A
     row["path"] = None if found is None else str(found)
     row["found"] = found is not None
     row["verified"] = None
+    if found is not None and name == "folder":
+        _describe_folder(row, found, check)
     if found is not None and check and name != "folder":
         quiet = replace(options, download=False, progress=False, warn=lambda _: None)
         try:

@@ -62,6 +62,7 @@ class FolderData:
     `test_images`/`test_labels` are None for a root without a test or val split. `mean` and
     `std` are per channel over the training split on the [0, 1] scale. `skipped` lists the
     unreadable image files of both splits; `cache_files` the data files and sidecars in use.
+    `colors` counts the training files by kind (see `ColorCount`) where `color` was "auto".
     """
 
     train_images: torch.Tensor
@@ -74,6 +75,34 @@ class FolderData:
     std: tuple[float, ...]
     skipped: list[Path]
     cache_files: list[Path]
+    colors: ColorCount | None = None
+
+
+@dataclass(frozen=True)
+class ColorCount:
+    """How many image files of a split are grey and how many colour (by their mode, read from
+    each header), with the first colour one (relative to the root): what "auto" decided on."""
+
+    gray: int
+    color: int
+    example: str | None = None
+
+    @property
+    def channels(self) -> int:
+        """What --color auto makes of them: RGB (3) as soon as one file has colour."""
+        return 3 if self.color else 1
+
+    def describe(self) -> str:
+        """One phrase for a run's note and `resnets datasets`."""
+        if not self.color:
+            return f"{self.gray} grey image files: grey, 1 channel"
+        if not self.gray:
+            return f"{self.color} colour image files: RGB, 3 channels"
+        return (
+            f"{self.gray} grey and {self.color} colour image files (e.g. {self.example}): RGB, "
+            "3 channels, as one colour file makes the whole set RGB; --color gray trains on "
+            "grey (1 channel)"
+        )
 
 
 @dataclass
@@ -183,6 +212,7 @@ def load_image_folder(
         std=tuple(train_meta["std"]),
         skipped=[root / rel for m in metas for rel in m["skipped"]],
         cache_files=[cache / m[key] for m in metas for key in ("data", "sidecar")],
+        colors=ColorCount(*train_meta["colors"]) if train_meta.get("colors") else None,
     )
 
 
@@ -297,8 +327,9 @@ def _cached_or_built(
     A valid cache is used as it is; otherwise the split is decoded, its unreadable files are
     added to `skipped`, and older caches of the same split, size and colour are removed.
 
-    `channels` is None for the training split (decided by `color`) and the training split's
-    count for the test split, which is then part of its fingerprint.
+    `channels` is None for the training split (decided by `color`; for "auto" the files'
+    colours are counted and kept in the sidecar) and the training split's count for the test
+    split, which is then part of its fingerprint.
     """
     fingerprint = _fingerprint(split, size=size, color=color, channels=channels)
     prefix = f"{split.name}-{size}px-{color}"
@@ -310,9 +341,13 @@ def _cached_or_built(
             meta = _read_sidecar(cache / f"{stem}.json", fingerprint, split)
             if meta is None:
                 built = True
+                colors = None
                 if channels is None:
-                    channels = _resolve_channels(color, split)
-                meta = _build(split, root, cache, stem, fingerprint, size, channels, progress)
+                    colors = count_colors(split, root) if color == "auto" else None
+                    channels = colors.channels if colors else 1 if color == "gray" else 3
+                meta = _build(
+                    split, root, cache, stem, fingerprint, size, channels, progress, colors
+                )
                 skipped.extend(meta["skipped"])
                 _remove_stale(cache, prefix, keep={meta["data"], meta["sidecar"]})
     return meta, _map(cache / meta["data"], tuple(meta["shape"])), built
@@ -371,8 +406,10 @@ def _build(
     size: int,
     channels: int,
     progress: bool,
+    colors: ColorCount | None = None,
 ) -> dict[str, Any]:
-    """Decode every file of the split into a new cache file and write its sidecar last."""
+    """Decode every file of the split into a new cache file and write its sidecar last (with
+    `colors`, what "auto" counted, to be said again whenever the cache is read)."""
     shape = (len(split.files), channels, size, size)
     labels: list[int] = []
     skipped: list[str] = []
@@ -410,6 +447,7 @@ def _build(
         "mean": list(mean),
         "std": list(std),
         "skipped": skipped,
+        "colors": None if colors is None else [colors.gray, colors.color, colors.example],
         "labels": labels,
     }
     write_atomic(cache / str(meta["sidecar"]), json.dumps(meta), hidden=False)
@@ -452,18 +490,31 @@ def truncated_images_refused() -> Iterator[None]:
         ImageFile.LOAD_TRUNCATED_IMAGES = before
 
 
-def _resolve_channels(color: str, split: _Split) -> int:
-    """1 or 3: forced by `color`, or for "auto" 3 as soon as one training image has colour."""
-    if color != "auto":
-        return 1 if color == "gray" else 3
+def count_colors(split: _Split, root: Path) -> ColorCount:
+    """The split's grey and colour files, from each file's header (nothing is decoded)."""
+    gray = color = 0
+    example = None
     for path, _ in split.files:
         try:
             with Image.open(path) as image:  # reads the header only
-                if image.mode not in GRAY_MODES:
-                    return 3
+                grey = image.mode in GRAY_MODES
         except UNREADABLE:
             continue  # reported when the file is decoded
-    return 1
+        gray, color = gray + grey, color + (not grey)
+        if not grey and example is None:
+            example = path.relative_to(root).as_posix()
+    return ColorCount(gray, color, example)
+
+
+def survey(root: str | Path) -> tuple[tuple[str, ...], int, ColorCount]:
+    """A folder's classes, its number of image files, and its training files' colours, as
+    `resnets datasets` shows them: listed and headers read, nothing decoded or cached."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"{root}: no such folder")
+    train, test = _list_splits(root, default_cache_dir(root))
+    files = len(train.files) + (len(test.files) if test is not None else 0)
+    return train.classes, files, count_colors(train, root)
 
 
 def decode_image(

@@ -34,7 +34,12 @@ class DataNotFoundError(DataError):
 
 
 class ChecksumError(DataError):
-    """A data file whose contents are not the published file."""
+    """A data file whose contents are not the published file. `fact` is the message without
+    its advice, for the warning of a run that goes on anyway (--no-verify)."""
+
+    def __init__(self, fact: str, advice: str) -> None:
+        super().__init__(f"{fact}: {advice}")
+        self.fact = fact
 
 
 @dataclass
@@ -207,7 +212,7 @@ def _checked(idx_set: IdxSet, directory: Path, verify: bool, warn: Callable[[str
         except ChecksumError as error:
             if verify:
                 raise
-            warn(f"warning: {str(error).splitlines()[0]} (going on: --no-verify)")
+            warn(f"warning: {error.fact} (going on: --no-verify)")
     if unverifiable:
         warn(
             f"{directory}: no published digest for {', '.join(unverifiable)} (only the .gz "
@@ -256,7 +261,8 @@ def _verify(idx_set: IdxSet, path: Path, digest: Digest) -> None:
         )
         raise ChecksumError(
             f"{path}: checksum mismatch: expected {kind} {expected}, got {actual}; the file is "
-            f"corrupt or not {idx_set.name}: {fix}, or pass --no-verify for a modified copy"
+            f"corrupt or not {idx_set.name}",
+            f"{fix}, or pass --no-verify for a modified copy",
         )
     _verified.add(key)
 

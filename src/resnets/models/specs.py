@@ -24,7 +24,10 @@ CIFAR_BOTTLENECK = (64, 128, 256)
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A network as data: block kind, blocks per stage, stage widths, and its defaults."""
+    """A network as data: block kind, blocks per stage, stage widths, and its defaults.
+
+    `input_side` is the side it is described at (`resnets summary`, `resnets models`); None
+    means its stem's usual one: 224 for ImageNet stems, 32 for CIFAR ones."""
 
     block: str
     layers: tuple[int, ...]
@@ -34,6 +37,7 @@ class ModelSpec:
     in_channels: int = 3
     num_classes: int = 1000
     options: dict[str, Any] = field(default_factory=dict)
+    input_side: int | None = None
 
 
 def _imagenet(block: str, layers: tuple[int, ...]) -> ModelSpec:
@@ -46,10 +50,11 @@ def _cifar(block: str, n: int, **options: Any) -> ModelSpec:
     return ModelSpec(block, (n, n, n), widths, "cifar", 16, num_classes=10, options=options)
 
 
-# The chapter's network: conv biases, a bare 1x1 projection, Xavier init, 1 channel, 10 classes.
+# The chapter's network: conv biases, a bare 1x1 projection, Xavier init, 1 channel, 10 classes,
+# shown at the chapter's 96x96 (its shape printout and its training run).
 _D2L = ModelSpec(
     "basic", (2, 2, 2, 2), IMAGENET_BASIC, in_channels=1, num_classes=10,
-    options={"bias": True, "projection_norm": False, "init": "xavier"},
+    options={"bias": True, "projection_norm": False, "init": "xavier"}, input_side=96,
 )  # fmt: skip
 _PREACT_CIFAR = {"stem_norm": False}
 
@@ -97,11 +102,12 @@ def list_models(pattern: str | None = None) -> list[str]:
 
 
 def default_input_size(name: str) -> tuple[int, int, int]:
-    """(C, H, W) a named model is described at: 224px for ImageNet stems, 32px for CIFAR ones."""
+    """(C, H, W) a named model is described at: its spec's `input_side` (96px for the chapter's
+    network), else 224px for ImageNet stems and 32px for CIFAR ones."""
     if name not in MODEL_SPECS:
         raise UnknownModelError(name)
     spec = MODEL_SPECS[name]
-    side = 224 if spec.stem == "imagenet" else 32
+    side = spec.input_side or (224 if spec.stem == "imagenet" else 32)
     return (spec.in_channels, side, side)
 
 

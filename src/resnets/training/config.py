@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from resnets.data.batches import parse_augment
-from resnets.data.datasets import get_entry
+from resnets.data.datasets import check_data_dir, get_entry
 from resnets.errors import UsageError, shown
 from resnets.models.specs import MODEL_SPECS, UnknownModelError
 from resnets.training.memory import parse_memory_budget
@@ -220,6 +220,7 @@ class TrainConfig:
             raise UnknownModelError(self.model)
         parse_augment(self.augment)
         get_entry(self.dataset)
+        check_data_dir(self.dataset, self.data_dir)
         if self.memory_budget is not None:
             parse_memory_budget(self.memory_budget, of=1)
         if self.freeze_backbone and self.lr_backbone != 1:

@@ -45,6 +45,7 @@ from resnets.training.config import TrainConfig, stretch_to_min_steps
 from resnets.training.loop import Batches, Trainer, notice
 from resnets.training.memory import format_bytes
 from resnets.training.plan import DATA_SHARE, find_budget
+from resnets.training.progress import LogEvery
 from resnets.training.recorder import RunFolder, default_run_dir
 from resnets.training.runtime import Runtime, seeded
 
@@ -265,9 +266,11 @@ def build_trainer(
     on_step: Callable[[Trainer, int], None] | None = None,
     fresh: bool = True,
     started: float | None = None,
+    log_every: LogEvery | None = None,
 ) -> Trainer:
     """A Trainer with every part built from `config` (or `data` given in memory); `fresh`
-    (a new run, not a resumed one) checks the run folder first. `started` (a time.monotonic()
+    (a new run, not a resumed one) checks the run folder first. `log_every`: how often a
+    progress line is written where standard output is not a terminal. `started` (a time.monotonic()
     value) is when the run began, for the `elapsed` column of metrics.csv; default: now."""
     started = time.monotonic() if started is None else started
     config = config.validate()
@@ -300,7 +303,7 @@ def build_trainer(
         config, runtime=runtime, model=model, model_kwargs=model_kwargs(config, data.spec),
         spec=data.spec, batches=build_batches(config, data, runtime, quiet, place),
         folder=folder,
-        log=log, quiet=quiet, on_step=on_step, started=started,
+        log=log, quiet=quiet, on_step=on_step, started=started, log_every=log_every,
     )  # fmt: skip
 
 
@@ -353,14 +356,32 @@ def resume_config(
     return path, state, saved_config(path, {**saved, **changes})
 
 
+def nothing_left(path: Path, state: dict[str, Any], config: TrainConfig) -> str | None:
+    """What to say instead of resuming a run (`resume_config`'s answer) that has already
+    trained the epochs asked for; None when it has some left."""
+    done = int(state["position"]["epoch"])
+    if done < config.epochs:
+        return None
+    run = run_dir_of(path)
+    return (
+        f"{run} has trained {done} of {config.epochs} epochs: nothing left to do. To train "
+        f"longer, give a new total: resnets train --resume {run} --epochs {done + 5}"
+    )
+
+
 def resume_trainer(
-    run_dir: str | Path, overrides: dict[str, Any] | None = None, **kwargs: Any
+    run_dir: str | Path,
+    overrides: dict[str, Any] | None = None,
+    *,
+    resumed: tuple[Path, dict[str, Any], TrainConfig] | None = None,
+    **kwargs: Any,
 ) -> Trainer:
-    """Continue the run in `run_dir` (or from a checkpoint file) from its last checkpoint.
+    """Continue the run in `run_dir` (or from a checkpoint file) from its last checkpoint
+    (`resumed`: what `resume_config` read from it already).
 
     Only the settings in RESUMABLE may be changed; `epochs` is the new total.
     """
-    path, state, config = resume_config(run_dir, overrides)
+    path, state, config = resumed or resume_config(run_dir, overrides)
     trainer = build_trainer(config, run_dir=run_dir_of(path), fresh=False, **kwargs)
     saved_spec = saved_data_spec(state, path)
     if (trainer.spec.classes, trainer.spec.channels) != (saved_spec.classes, saved_spec.channels):

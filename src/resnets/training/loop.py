@@ -33,6 +33,7 @@ from resnets.training.ema import build_ema
 from resnets.training.evaluate import evaluate, predict
 from resnets.training.memory import MemoryFallback
 from resnets.training.plan import find_budget, optimizer_copies, plan_memory
+from resnets.training.progress import DEFAULT_LOG_EVERY, LogEvery, ProgressLines, output_is_terminal
 from resnets.training.recorder import RunFolder
 from resnets.training.runtime import Runtime, peak_memory_bytes, reset_peak_memory
 from resnets.training.schedule import learning_rate
@@ -164,6 +165,11 @@ def build_step_models(
     return eval_model, torch.compile(ddp) if compile else ddp  # type: ignore[return-value]
 
 
+def channels_of(channels: int) -> str:
+    """How a run's first line names its input: "1 channel (grey)" or "3 channels (RGB)"."""
+    return "1 channel (grey)" if channels == 1 else f"{channels} channels (RGB)"
+
+
 def seconds_since_process_start() -> float:
     """Wall seconds since this process started, from Linux's /proc; 0 where it cannot be read
     (the run's clock then starts when its trainer is built)."""
@@ -188,8 +194,9 @@ def elapsed_so_far(history: list[dict[str, Any]]) -> float:
 class Trainer:
     """Trains `model` on `batches.train`, evaluating on `batches.val`/`batches.test`.
 
-    `log` receives the lines a person reads (one per epoch, notices, the final line); with
-    `quiet`, only the final line. `on_step(trainer, step)` is called after every optimizer step
+    `log` receives the lines a person reads (one per epoch, notices, the final line, and where
+    standard output is not a terminal a progress line as `log_every` says); with `quiet`, only
+    the final line. `on_step(trainer, step)` is called after every optimizer step
     (for tests and tools). Build one with `build_trainer` or `resume_trainer`.
     """
 
@@ -207,8 +214,10 @@ class Trainer:
         quiet: bool = False,
         on_step: Callable[[Trainer, int], None] | None = None,
         started: float | None = None,
+        log_every: LogEvery | None = None,
     ) -> None:
         self.config, self.runtime, self.spec = config, runtime, spec
+        self.log_every = LogEvery.parse(DEFAULT_LOG_EVERY) if log_every is None else log_every
         # time.monotonic() when this process began the run (default: now); `elapsed` counts from it
         self.started = time.monotonic() if started is None else started
         self._elapsed_before = 0.0  # by earlier processes of a resumed run (set by fit)
@@ -339,6 +348,10 @@ class Trainer:
             batches, total=steps, initial=pos.batch, desc=f"epoch {epoch + 1}/{self.config.epochs}",
             unit="batch", leave=False, disable=True if self.quiet else None,
         )  # fmt: skip
+        lines = ProgressLines(
+            self.log_every if not self.quiet and not output_is_terminal() else LogEvery(),
+            self.log, f"epoch {epoch + 1}/{self.config.epochs}", steps, pos.batch,
+        )  # fmt: skip
         self.model.train()
         if self.config.freeze_backbone:
             backbone_norms_eval(self.model)  # its running statistics stay as they were loaded
@@ -358,6 +371,8 @@ class Trainer:
                 # this process's share of the loss, scaled up (exact for one process)
                 shown = float(loss_sum) * self.place.world / pos.seen
                 bar.set_postfix(loss=f"{shown:.4f}", refresh=False)
+            if lines.step(pos.batch, total):
+                lines.write(pos.batch, float(loss_sum) * self.place.world / pos.seen)
             if self.on_step:
                 self.on_step(self, epoch * steps + pos.batch)
             if self._agree_after_step():
@@ -515,6 +530,11 @@ class Trainer:
             return
         size, world = self.config.image_size, self.place.world
         share = -(-self.config.batch_size // world)
+        # the probes run real steps: minutes for a large network on a CPU, so say so first
+        self._notice(
+            f"planning memory: probing training steps of up to {share} images at {size}px "
+            "(--micro-batch N skips this)"
+        )
         plan = plan_memory(
             model=self.model, model_name=self.config.model, model_kwargs=self.model_kwargs,
             runtime=self.runtime, shape=(self.spec.channels, size, size),
@@ -549,7 +569,8 @@ class Trainer:
                 self.board = None
 
     def _fit(self) -> dict[str, Any]:
-        self.plan_memory()
+        if self.position.epoch < self.config.epochs:  # else a finished run: nothing to plan
+            self.plan_memory()
         settings = {**self.config.to_dict(), "data_spec": self.spec.to_dict()}
         fresh = self.position == Position()
         position = None if fresh else asdict(self.position)
@@ -562,7 +583,8 @@ class Trainer:
                 f"training {self.config.model} on {self.spec.name} on {self.device} "
                 f"({self.precision}{', channels-last' if self.channels_last else ''}), "
                 f"{self.batches.train.count} train{val} / {self.batches.test.count} test "
-                f"images at {self.config.image_size}px; run folder {self.run_dir}"
+                f"images, {channels_of(self.spec.channels)}, at {self.config.image_size}px; "
+                f"run folder {self.run_dir}"
             )
         self._elapsed_before = elapsed_so_far(self.history)
         with self._ctrl_c_stops_cleanly():
