@@ -125,7 +125,7 @@ def test_a_log_file_gets_progress_lines_instead_of_a_bar(tmp_path: Path, data_di
     with log.open("w") as stdout:
         done = subprocess.run(
             [sys.executable, "-m", "resnets.cli", *argv], env=env, stdout=stdout,
-            stderr=subprocess.PIPE, text=True, timeout=300,
+            stderr=subprocess.PIPE, text=True, timeout=timeout(300),
         )  # fmt: skip
     assert done.returncode == 0, done.stderr
     lines = log.read_text().splitlines()
