@@ -120,7 +120,8 @@ class DeviceBatches:
     `drop_last`): a training pass needs 2 images where the network's last map is 1x1
     (BatchNorm needs more than one value per channel), and under torchrun every process needs
     that many of every batch. The epoch then has one batch fewer, and its last is larger than
-    `batch_size`; the order and the draws are those of the same epoch without the join.
+    `batch_size`; the order is that of the same epoch without the join (the joined batch's
+    augmentation draws are its own, and the same every time the epoch is asked for).
     """
 
     def __init__(
