@@ -53,7 +53,6 @@ from resnets.models import MODEL_SPECS, create_model, list_models
 from resnets.models.geometry import fewest_training_images, map_sides
 from resnets.predict import Classifier
 from resnets.training import build_trainer, make_config
-from resnets.training.plan import activation_lower_bound
 
 WIDTH = 0.125
 SIZES = (1, 3, 12, 28, 32, 33, 97, 224)
@@ -240,11 +239,10 @@ def pytest_extra_missing(format: str) -> bool:
 
 
 def check_on_meta(case: Case, spec: DataSpec, fewest: int) -> None:
-    """The plan's lower bound, and a training-mode forward and backward of the batch and of
-    the joined last batch, on the meta device."""
+    """A training-mode forward and backward of the batch and of the joined last batch, on
+    the meta device (the dry run before it sized the plan's lower bound there)."""
     kwargs = {"in_channels": spec.channels, "num_classes": spec.num_classes, "width": WIDTH}
     shape = (spec.channels, case.size, case.size)
-    assert activation_lower_bound(case.model, kwargs, shape, case.precision) > 0
     with torch.device("meta"):
         model = create_model(case.model, **kwargs)
     model.train()
