@@ -405,6 +405,34 @@ def batches(n: int = 10, **kwargs: object) -> DeviceBatches:
     return DeviceBatches(images.to(torch.uint8), torch.arange(n), **options)
 
 
+@pytest.mark.parametrize("augment", ["none", "crop+flip+erase"])
+def test_a_last_batch_too_small_to_train_is_joined_to_the_one_before(augment: str) -> None:
+    """9 images in batches of 4 leave a last batch of one: where a training pass needs two
+    (BatchNorm over a 1x1 map) it joins the one before. The order is that of the epoch
+    without the join (and, unaugmented, the images), `rows_in` says so, and the joined
+    batch's augmentation draws are its own but the same each time the epoch is built."""
+    options = {"shuffle": True, "augment": augment, "seed": 3}
+    plain, joined = batches(9, **options), batches(9, least=2, **options)
+    assert len(plain) == 3 and len(joined) == 2
+    assert [joined.rows_in(i) for i in range(2)] == [4, 5] and joined.largest_batch() == 5
+    got, want = list(joined.epoch(1)), list(plain.epoch(1))
+    assert [len(y) for _, y in got] == [4, 5]
+    assert torch.equal(torch.cat([y for _, y in got]), torch.cat([y for _, y in want]))
+    if augment == "none":
+        assert torch.equal(torch.cat([x for x, _ in got]), torch.cat([x for x, _ in want]))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(got, joined.epoch(1), strict=True))
+    assert len(batches(10, least=2)) == 3  # a last batch of 2 stays as it is
+    assert len(batches(9, least=2, drop_last=True)) == 2  # dropped, not joined
+    assert len(batches(1, least=2)) == 1  # nothing to join to: the Trainer refuses it
+
+
+def test_a_joined_last_batch_leaves_each_process_enough() -> None:
+    """Under torchrun the factory asks for 2 per process (least = 2 x world): 9 images in
+    batches of 4 over 2 processes join 4 + 1 into 5, shared 2 and 3."""
+    shares = [list(batches(9, least=4, shard=(rank, 2)).epoch(0)) for rank in (0, 1)]
+    assert [[len(y) for _, y in share] for share in shares] == [[2, 2], [2, 3]]
+
+
 def to_pixels(x: torch.Tensor) -> torch.Tensor:
     """Undo the normalisation, back to uint8 pixel values."""
     return (x.float() * (255 * STD) + 255 * MEAN).round().to(torch.uint8)

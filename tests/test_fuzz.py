@@ -3,8 +3,10 @@
 Whatever the values (negative, zero, huge, NaN, infinite, empty, unicode, text where a number
 goes, very long), each command either succeeds or writes exactly one line to stderr and exits
 with 1 or 2; never a traceback. argparse's own errors are one line too (resnets.cli._Parser).
-Valid settings go through --dry-run (train, eval, bench), so nothing trains; summary runs one
-forward pass, so its numbers are kept small when they are valid.
+Valid settings go through --dry-run (train, eval, bench), so nothing trains; a train dry run
+checks the network, image size and batch as a real run does (BatchNorm's fewest images) and
+sizes the memory plan's lower bound on the meta device. summary runs one forward pass, so its
+numbers are kept small when they are valid.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from resnets.cli import main
+from resnets.models import list_models
 from resnets.training import TrainConfig, build_trainer, make_config
 
 from helpers import TINY, synthetic_dataset
@@ -80,6 +83,38 @@ def test_train_options(capsys: pytest.CaptureFixture[str], options: list[tuple[s
     assert_clean(code, err, argv)
     if code == 0:
         yaml.safe_load(out)  # what a dry run prints is YAML
+
+
+# Valid combinations of network, image size and batch reach the memory plan's first step on
+# the meta device (its lower bound, as a real run computes it before any data are read); the
+# image sizes run from 1 px to beyond what can be sized at all.
+sizes = st.one_of(st.integers(1, 300), st.sampled_from([2**20, 10**9, 2**62, 10**25]))
+PLAN = settings(
+    max_examples=25, deadline=None, derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)  # fmt: skip
+
+
+@pytest.mark.slow  # a meta-device pass of a 1000-layer network takes seconds
+@PLAN
+@given(
+    st.sampled_from(list_models()), sizes, st.integers(1, 5),
+    st.one_of(st.none(), st.integers(1, 3)), st.booleans(), st.booleans(),
+    st.sampled_from(["fp32", "bf16"]),
+)  # fmt: skip
+def test_train_dry_runs_reach_the_plan(
+    capsys: pytest.CaptureFixture[str], model: str, size: int, batch: int, micro: int | None,
+    small_input: bool, frozen: bool, precision: str,
+) -> None:  # fmt: skip
+    argv = ["train", "--dry-run", "--data-dir", "/nonexistent", "--model", model,
+            "--image-size", str(size), "--batch-size", str(batch), "--precision", precision,
+            "--width", "0.25"]  # fmt: skip
+    argv += ["--micro-batch", str(micro)] if micro is not None else []
+    argv += ["--small-input"] * small_input + ["--freeze-backbone"] * frozen
+    code, out, err = run(capsys, argv)
+    assert_clean(code, err, argv)
+    if code == 0:
+        assert "# memory: one image needs at least" in out, argv
 
 
 @pytest.fixture(scope="module")

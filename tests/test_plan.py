@@ -17,10 +17,15 @@ import pytest
 import torch
 
 from resnets.cli import main
-from resnets.errors import UsageError
+from resnets.errors import ResnetsError, UsageError
 from resnets.models import create_model
 from resnets.training import plan as plan_module
-from resnets.training.memory import _cgroup_mounts, parse_memory_budget
+from resnets.training.memory import (
+    MemoryFallback,
+    _cgroup_mounts,
+    parse_memory_budget,
+    split_sizes,
+)
 from resnets.training.plan import Budget, StepCost, find_budget, plan_memory
 from resnets.training.runtime import Runtime
 
@@ -272,3 +277,66 @@ def test_each_phase_starts_from_live_memory(monkeypatch: pytest.MonkeyPatch) -> 
     batches = [(torch.zeros(4, 3, 16, 16), torch.zeros(4, dtype=torch.long))] * 2
     evaluate_module.evaluate(model, batches, device=torch.device("cpu"), num_classes=10)
     assert trims == ["plan", "eval", "eval"]
+
+# ---- tiny maps: BatchNorm needs two images where the last map is 1x1 --------------------------
+
+
+def test_the_lower_bound_takes_a_network_whose_last_map_is_1x1() -> None:
+    """It ran one image in training mode, which BatchNorm refuses over a 1x1 map: the
+    traceback of `resnets train --model d2l_resnet18 --image-size 28`."""
+    kwargs = {"in_channels": 1, "num_classes": 10}
+    one = plan_module.activation_lower_bound("d2l_resnet18", kwargs, (1, 28, 28), "fp32")
+    bigger = plan_module.activation_lower_bound("d2l_resnet18", kwargs, (1, 33, 33), "fp32")
+    assert 0 < one < bigger
+
+
+def test_the_probes_never_train_on_fewer_images_than_batchnorm_needs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A budget that fits one image: the planner probes, and chooses, two (cifar_resnet20 at
+    4 px ends in a 1x1 map), and a real probe of two images runs."""
+    model = create_model("cifar_resnet20", width=0.25, num_classes=10)
+    probed: list[int] = []
+    real_probe = plan_module._step_probe
+
+    def step_probe(*args: object) -> object:
+        probed.append(args[-1])  # type: ignore[arg-type]
+        return real_probe(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(plan_module, "_step_probe", step_probe)
+    monkeypatch.setattr(plan_module, "ACTIVATION_UPPER", 10**6)  # the estimate says 1 image
+    plan = plan_memory(
+        model=model, model_name="cifar_resnet20",
+        model_kwargs={"width": 0.25, "num_classes": 10, "in_channels": 3}, runtime=CPU,
+        shape=(3, 4, 4), batch_size=8, eval_batch_size=8, optimizer_copies=0,
+        budget=Budget(total=2**40, used=0, source="test"),
+    )  # fmt: skip
+    assert probed and min(probed) >= 2
+    assert plan.micro_batch is None or plan.micro_batch >= 2
+
+
+@pytest.mark.parametrize(
+    ("total", "chunk", "least", "sizes"),
+    [(5, 2, 2, [2, 3]), (5, 2, 1, [2, 2, 1]), (9, 4, 2, [4, 3, 2]), (128, 28, 2,
+     [28, 28, 28, 28, 16]), (3, 2, 2, [3]), (1, 2, 2, [1]), (10, 3, 2, [3, 3, 2, 2])],
+)  # fmt: skip
+def test_micro_batches_leave_no_piece_under_the_fewest(
+    total: int, chunk: int, least: int, sizes: list[int]
+) -> None:
+    assert split_sizes(total, chunk, least) == sizes and sum(sizes) == total
+
+
+def test_the_out_of_memory_fallback_stops_at_the_fewest_images() -> None:
+    notes: list[str] = []
+    fallback = MemoryFallback(8, notes.append, least=2)
+    tried: list[int] = []
+
+    def work(chunk: int) -> int:
+        tried.append(chunk)
+        raise torch.OutOfMemoryError("out of memory")
+
+    with pytest.raises(ResnetsError) as caught:
+        fallback.run(16, work, "micro-batch")
+    assert tried == [8, 4, 2]
+    assert "2 images, the fewest BatchNorm trains on" in str(caught.value)
+    assert len(str(caught.value).splitlines()) == 1

@@ -150,7 +150,8 @@ def benchmark(
     optimizer = build_optimizer(network, config)
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.precision == "fp16")
     parts = StepParts(
-        network, step_model, optimizer, scaler, MemoryFallback(None, lambda _: None), None,
+        network, step_model, optimizer, scaler,
+        MemoryFallback(None, lambda _: None, config.fewest_images()), None,
         runtime.device, runtime.precision, world=place.world,
     )  # fmt: skip
     dev = runtime.device

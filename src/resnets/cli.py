@@ -37,7 +37,7 @@ from resnets.training import (
 from resnets.training.checkpoint import model_from_checkpoint
 from resnets.training.config import PRECISIONS, RECIPES
 from resnets.training.evaluate import eval_config
-from resnets.training.factory import nothing_left, resolve_before_data, resume_config
+from resnets.training.factory import nothing_left, preflight, resolve_before_data, resume_config
 from resnets.training.loop import seconds_since_process_start
 from resnets.training.memory import format_bytes, parse_memory_budget
 from resnets.training.progress import DEFAULT_LOG_EVERY, LogEvery
@@ -91,15 +91,23 @@ def _summary(args: argparse.Namespace) -> int:
 
 
 def _dry_run(
-    config: TrainConfig, what: str, extra: dict[str, Any] | None = None, notes: Sequence[str] = ()
+    config: TrainConfig,
+    what: str,
+    extra: dict[str, Any] | None = None,
+    notes: Sequence[str] = (),
+    plan: bool = True,
 ) -> int:
-    """Print the settings as YAML (as config.yaml holds them), after checking the device;
-    `notes` are printed as comments first."""
+    """Print the settings as YAML (as config.yaml holds them), after checking the device and,
+    for training (`plan`), the start of the memory plan on the meta device; `notes` are
+    printed as comments first."""
     runtime = Runtime.resolve(config.device, config.precision, config.channels_last)
+    memory = preflight(config, runtime.precision) if plan else None
     print(f"# {what}: these settings are valid; it would run on {runtime.device} "
           f"({runtime.precision}); --dry-run read no data and ran nothing")  # fmt: skip
     for note in notes:
         print(f"# {note}")
+    if memory is not None:
+        print(f"# {memory}")
     print(yaml.safe_dump({**config.to_dict(), **(extra or {})}, sort_keys=False), end="")
     return 0
 
@@ -146,7 +154,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.dry_run:
         file, state, config = eval_config(args.run, overrides)
         model_from_checkpoint(state, file)  # the weights fit the network it names
-        return _dry_run(config, f"resnets eval {file}")
+        return _dry_run(config, f"resnets eval {file}", plan=False)
     result = evaluate_checkpoint(args.run, overrides, progress=not args.json)
     if args.json:
         keys = ("dataset", "test_acc", "test_loss", "per_class", "confusion", "images",

@@ -128,6 +128,13 @@ class DeviceBatches:
     uint8 images (47 MB for Fashion-MNIST) go to the device once; with `stream=True` they stay
     where they are (a memory-mapped cache) and each batch is gathered on a background thread.
     Labels are int64, or soft targets (N, classes) when mixup or CutMix is on.
+
+    A last batch of fewer than `least` images is joined to the one before it (unless
+    `drop_last`): a training pass needs 2 images where the network's last map is 1x1
+    (BatchNorm needs more than one value per channel), and under torchrun every process needs
+    that many of every batch. The epoch then has one batch fewer, and its last is larger than
+    `batch_size`; the order is that of the same epoch without the join (the joined batch's
+    augmentation draws are its own, and the same every time the epoch is asked for).
     """
 
     def __init__(
@@ -148,6 +155,7 @@ class DeviceBatches:
         stream: bool = False,
         prefetch: int = 2,
         shard: tuple[int, int] = (0, 1),
+        least: int = 1,
     ) -> None:
         split = images if isinstance(images, Split) else Split(images, labels)  # type: ignore[arg-type]
         self.augment = parse_augment(augment)
@@ -183,6 +191,7 @@ class DeviceBatches:
         self.channels_last, self.drop_last, self.dtype = channels_last, drop_last, dtype
         self.pad = spec.pad
         self.rank, self.world = shard
+        self.least = least
         # altflip: whether each image is mirrored in even epochs (odd epochs mirror the rest)
         self.first_flips = torch.from_numpy(
             np.random.default_rng((seed, ALTFLIP_STREAM)).random(self.count) < 0.5
@@ -190,7 +199,26 @@ class DeviceBatches:
 
     def rows_in(self, index: int) -> int:
         """Images in batch `index` of an epoch, all shards together."""
-        return min(self.batch_size, self.count - index * self.batch_size)
+        span = self._spans()[index]
+        return span.stop - span.start
+
+    def largest_batch(self) -> int:
+        """Images in the largest batch of an epoch, all shards together (0 with no images)."""
+        return max((span.stop - span.start for span in self._spans()), default=0)
+
+    def _spans(self) -> list[slice]:
+        """Each batch's positions in the epoch's order: `batch_size` at a time, the last one
+        joined to the one before when it holds fewer than `least` images (or dropped)."""
+        starts = range(0, len(self) * self.batch_size, self.batch_size)
+        spans = [slice(start, min(start + self.batch_size, self.count)) for start in starts]
+        if spans and self._joins_last():
+            spans[-1] = slice(spans[-1].start, self.count)
+        return spans
+
+    def _joins_last(self) -> bool:
+        """Whether the last, short batch is joined to the one before it."""
+        full, rest = divmod(self.count, self.batch_size)
+        return not self.drop_last and full > 0 and 0 < rest < self.least
 
     def _shard(self, batch: Batch) -> Batch:
         """This process's contiguous block of a batch built whole (`shard`: rank, world).
@@ -209,7 +237,7 @@ class DeviceBatches:
     def __len__(self) -> int:
         """Batches per epoch."""
         full, rest = divmod(self.count, self.batch_size)
-        return full + (rest > 0 and not self.drop_last)
+        return full + (rest > 0 and not self.drop_last and not self._joins_last())
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
         """Yield (images, labels) batches for `epoch`, the same ones each time it is asked for."""
@@ -218,10 +246,7 @@ class DeviceBatches:
         generator = torch.Generator(self.device).manual_seed(aug_seed)
         mix_rng = np.random.default_rng(aug_seed)
         order = torch.randperm(self.count, generator=cpu) if self.shuffle else None
-        spans = [
-            slice(start, start + self.batch_size)
-            for start in range(0, len(self) * self.batch_size, self.batch_size)
-        ]
+        spans = self._spans()
         if self.stream:
             pixels = self._gathered(spans, order)
         else:

@@ -197,8 +197,8 @@ def _build(
         )
     except (RuntimeError, TypeError, OverflowError) as error:
         # torch cannot allocate (or even size) the weights: say which setting made them so large
-        text = str(error)
-        if "allocate" not in text and "Overflow" not in text:
+        text = str(error)  # on the meta device: "Storage size calculation overflowed"
+        if "allocate" not in text and "overflow" not in text.lower():
             raise
         raise UsageError(
             f"{name} at width {width:g} has {max(widths):.3g} channels in its widest stage, too "

@@ -19,6 +19,7 @@ import yaml
 from resnets.data.batches import parse_augment
 from resnets.data.datasets import check_data_dir, get_entry
 from resnets.errors import UsageError, shown
+from resnets.models.geometry import check_training_batch, fewest_training_images
 from resnets.models.specs import MODEL_SPECS, UnknownModelError
 from resnets.training.memory import parse_memory_budget
 
@@ -218,6 +219,7 @@ class TrainConfig:
             raise UsageError(f"milestones must be in increasing order: {self.milestones}")
         if self.model not in MODEL_SPECS:
             raise UnknownModelError(self.model)
+        self._check_batch_trains()
         parse_augment(self.augment)
         get_entry(self.dataset)
         check_data_dir(self.dataset, self.data_dir)
@@ -229,6 +231,25 @@ class TrainConfig:
                 "give one of them"
             )
         return self
+
+    def fewest_images(self) -> int:
+        """The fewest images one training pass of this run takes: 2 where the network's last
+        map is 1x1 and its BatchNorm trains, else 1."""
+        if self.freeze_backbone:
+            return 1
+        return fewest_training_images(self.model, self.image_size, self.small_input)
+
+    def _check_batch_trains(self) -> None:
+        """Refuse a batch (or micro-batch) too small for BatchNorm at this image size, before
+        any data is read. A frozen backbone keeps its BatchNorm layers in eval mode: any batch
+        trains it. (Each process's share under torchrun is checked by the Trainer.)"""
+        if self.freeze_backbone:
+            return
+        for what, images in (("batch size", self.batch_size), ("micro-batch", self.micro_batch)):
+            if images is not None:
+                check_training_batch(
+                    self.model, self.image_size, self.small_input, images, f"{what} {images}"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -23,11 +23,12 @@ from resnets.data.datasets import (
     Split,
     count_train_images,
     declared_mirror,
+    get_entry,
     load_dataset,
 )
 from resnets.data.spec import DataSpec
 from resnets.errors import DataError, UsageError
-from resnets.models import create_model
+from resnets.models import create_model, default_input_size
 from resnets.pretrained import apply_weights, freeze_backbone, read_weights
 from resnets.training import distributed
 from resnets.training.checkpoint import (
@@ -44,7 +45,7 @@ from resnets.training.checkpoint import (
 from resnets.training.config import TrainConfig, stretch_to_min_steps
 from resnets.training.loop import Batches, Trainer, notice
 from resnets.training.memory import format_bytes
-from resnets.training.plan import DATA_SHARE, find_budget
+from resnets.training.plan import DATA_SHARE, activation_lower_bound, find_budget
 from resnets.training.progress import LogEvery
 from resnets.training.recorder import RunFolder, default_run_dir
 from resnets.training.runtime import Runtime, seeded
@@ -176,6 +177,29 @@ def model_kwargs(config: TrainConfig, spec: DataSpec) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def preflight(config: TrainConfig, precision: str) -> str:
+    """What a run's memory plan starts from, found before any data is read (--dry-run): the
+    activation memory of one image, on the meta device (nothing allocated), and the fewest
+    images a training pass takes. Raises UsageError, one line, where the size cannot be had.
+
+    Where the data decide the channels and classes (a folder), the model's own are used:
+    they change the stem's input and the classifier's output only."""
+    spec = get_entry(config.dataset).spec
+    kwargs = {
+        "in_channels": None if spec is None else spec.channels,
+        "num_classes": None if spec is None else spec.num_classes,
+        "small_input": config.small_input, "width": config.width,
+        "zero_init_residual": config.zero_init_residual,
+    }  # fmt: skip
+    channels = default_input_size(config.model)[0] if spec is None else spec.channels
+    side = config.image_size
+    lower = activation_lower_bound(config.model, kwargs, (channels, side, side), precision)
+    return (
+        f"memory: one image needs at least {format_bytes(lower)} of activations at {side}px "
+        f"({precision}); a training pass takes at least {config.fewest_images()} image(s)"
+    )
+
+
 def build_model(config: TrainConfig, spec: DataSpec, runtime: Runtime | None = None) -> nn.Module:
     """The configured network for the data, initialised from the run's seed, on the device."""
     with seeded(config.seed):
@@ -209,7 +233,9 @@ def build_batches(
     place: distributed.Dist | None = None,
 ) -> Batches:
     """Batches of every split; images beyond the memory budget are streamed from disk. In a
-    data-parallel run (`place`) each process takes its share of every batch."""
+    data-parallel run (`place`) each process takes its share of every batch. A last training
+    batch too small for every process to train on its share (BatchNorm needs 2 images where
+    the last map is 1x1) is joined to the one before it."""
     place = place or distributed.Dist()
     splits = [s for s in (data.train, data.val, data.test) if s is not None]
     needed = sum(s.nbytes() for s in splits)
@@ -228,6 +254,7 @@ def build_batches(
             device=runtime.device, shuffle=train,
             augment=config.augment if train else "none", seed=config.seed,
             channels_last=runtime.channels_last, stream=stream, shard=(place.rank, place.world),
+            least=config.fewest_images() * place.world if train else 1,
         )  # fmt: skip
 
     return Batches(

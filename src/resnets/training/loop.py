@@ -227,15 +227,14 @@ class Trainer:
         self.batches, self.folder = batches, folder
         self.log, self.quiet, self.on_step = log, quiet, on_step
         self.place = distributed.info()
-        if self.place.world > 1:
-            self._check_shares(batches)
+        self._check_shares(batches)
         self.eval_model, self.step_model = build_step_models(
             model, self.device, self.place.world, config.compile
         )
         self.optimizer = build_optimizer(model, config)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.ema = build_ema(model, config.ema)
-        self.fallback = MemoryFallback(config.micro_batch, self._notice)
+        self.fallback = MemoryFallback(config.micro_batch, self._notice, config.fewest_images())
         self.eval_fallback = MemoryFallback(None, self._notice)
         self.parts = StepParts(
             model, self.step_model, self.optimizer, self.scaler, self.fallback, self.ema,
@@ -250,16 +249,28 @@ class Trainer:
         self._stop_signal = signal.SIGINT
 
     def _check_shares(self, batches: Batches) -> None:
-        """Every process needs at least one image of every training batch: its step joins the
-        exchange of gradients."""
+        """Every process needs at least one image of every training batch (its step joins the
+        exchange of gradients), and two where the network's last map is 1x1 (BatchNorm). A
+        short last batch is joined to the one before (`DeviceBatches`), so only a training
+        split smaller than that is refused here, once its size is known."""
         train, world = batches.train, self.place.world
+        fewest = self.config.fewest_images()
+        if len(train) == 0:
+            return
         smallest = min(train.batch_size, train.rows_in(len(train) - 1))
-        if smallest < world:
+        if smallest >= fewest * world:
+            return
+        if world == 1:
             raise UsageError(
-                f"a training batch of {smallest} images cannot be shared by {world} processes; "
-                "use a --batch-size (and a number of training images) that leaves every batch, "
-                "the last included, at least one image per process"
+                f"{self.config.model} at {self.config.image_size}px ends in a 1x1 map, so "
+                f"BatchNorm needs at least {fewest} images per training pass, but the training "
+                f"split has {smallest}; use more training images or a larger --image-size"
             )
+        raise UsageError(
+            f"a training batch of {smallest} images cannot be shared by {world} processes "
+            f"({fewest} each at least); use a --batch-size (and a number of training images) "
+            f"that leaves every batch, the last included, {fewest} images per process"
+        )
 
     @property
     def run_dir(self) -> Path:
@@ -529,7 +540,9 @@ class Trainer:
         if self.config.micro_batch is not None:
             return
         size, world = self.config.image_size, self.place.world
-        share = -(-self.config.batch_size // world)
+        # the largest batch: a short last one may have been joined to the one before
+        largest = self.batches.train.largest_batch() or self.config.batch_size
+        share = -(-largest // world)
         # the probes run real steps: minutes for a large network on a CPU, so say so first
         self._notice(
             f"planning memory: probing training steps of up to {share} images at {size}px "

@@ -43,12 +43,16 @@ class MemoryFallback:
 
     `size` is the largest chunk known to fit (None: the whole batch, until proven otherwise).
     The halving is remembered, so later batches start at a size that fits; `announce` is called
-    once per halving with a sentence for the user.
+    once per halving with a sentence for the user. No chunk is made smaller than `least`: a
+    training pass needs 2 images where BatchNorm's last map is 1x1 (see `split_sizes`).
     """
 
-    def __init__(self, size: int | None = None, announce: Callable[[str], None] = print) -> None:
+    def __init__(
+        self, size: int | None = None, announce: Callable[[str], None] = print, least: int = 1
+    ) -> None:
         self.size = size
         self.announce = announce
+        self.least = least
 
     def run(self, batch: int, work: Callable[[int], T], what: str = "batch") -> T:
         """Call `work(chunk)` with chunk = min(size, batch), retrying smaller on out-of-memory."""
@@ -59,18 +63,32 @@ class MemoryFallback:
             except Exception as error:
                 if not is_out_of_memory(error):
                     raise
-                if chunk == 1:
+                if chunk <= self.least:
+                    images = "one image" if chunk == 1 else f"{chunk} images, the fewest "
+                    images += "" if chunk == 1 else "BatchNorm trains on at this size"
                     raise ResnetsError(
-                        f"out of memory even with a {what} of one image; "
+                        f"out of memory even with a {what} of {images}; "
                         "use a smaller model or --image-size, or another device"
                     ) from error
             release_memory()
-            self.size = chunk // 2
+            self.size = max(self.least, chunk // 2)
             self.announce(
                 f"out of memory with {what}es of {chunk}; continuing with {self.size} "
                 f"per {what}"
                 + (", accumulating gradients over each batch" if what == "micro-batch" else "")
             )
+
+
+def split_sizes(total: int, chunk: int, least: int = 1) -> list[int]:
+    """Sizes of the pieces of a batch of `total` in chunks of `chunk`, none under `least`
+    unless the batch itself is: a last piece that would be smaller is evened out with the
+    one before it (two pieces of the same total), or joined to it when `chunk` is `least`."""
+    sizes = [chunk] * (total // chunk) + ([total % chunk] if total % chunk else [])
+    if len(sizes) > 1 and sizes[-1] < least:
+        joined = sizes.pop() + sizes.pop()
+        halves = [joined - joined // 2, joined // 2]
+        sizes += halves if halves[1] >= least else [joined]
+    return sizes
 
 
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, "mb": 10**6,

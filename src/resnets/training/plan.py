@@ -28,6 +28,7 @@ from torch import nn
 
 from resnets.errors import UsageError
 from resnets.models import create_model
+from resnets.models.geometry import fewest_training_images
 from resnets.training.memory import (
     cgroup_limit,
     format_bytes,
@@ -210,6 +211,9 @@ def activation_lower_bound(
     """
     with torch.device("meta"):
         model = create_model(model_name, **model_kwargs)
+    # The shapes are those of training; in eval mode BatchNorm also takes one image whose
+    # last map is 1x1, which training mode refuses (one value per channel).
+    model.eval()
     total = 0
 
     def count(module: nn.Module, inputs: Any, output: Any) -> None:
@@ -220,6 +224,13 @@ def activation_lower_bound(
     hooks = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
     try:
         model(torch.empty((1, *shape), device="meta"))
+    except (RuntimeError, TypeError, OverflowError) as error:
+        if "overflow" not in str(error).lower():
+            raise
+        raise UsageError(
+            f"{model_name} at {shape[1]}x{shape[2]}px: the maps of one image are too large to "
+            "even size; use a smaller --image-size"
+        ) from None
     finally:
         for hook in hooks:
             hook.remove()
@@ -301,18 +312,25 @@ def plan_memory(
     upper = ACTIVATION_UPPER * lower  # per image, before anything was measured
 
     def largest_measured(
-        probe: Callable[[int], Callable[[], None]], batch: int, fixed: int, per_input: int
+        probe: Callable[[int], Callable[[], None]],
+        batch: int,
+        fixed: int,
+        per_input: int,
+        least: int = 1,
     ) -> tuple[int, int]:
-        """The largest size (at most `batch`) measured to fit `room`, and its cost.
+        """The largest size (at most `batch`, at least `least`) measured to fit `room`, and
+        its cost.
 
         The first probe is as large as the upper estimate allows; each next one doubles the
         size, and runs only if the cost measured so far, extrapolated with a surcharge, says
-        it fits: no probe is run that is predicted not to fit.
+        it fits: no probe is run that is predicted not to fit. `least` is the fewest images
+        a training pass takes (2 where BatchNorm's last map is 1x1); a probe of that many
+        stands for a smaller batch too.
         """
-        size = max(1, min(batch, int((room - fixed - params) // (upper + per_input))))
+        size = max(least, min(batch, int((room - fixed - params) // (upper + per_input))))
         cost = _measured(probe, size)
-        while cost + per_input * size + fixed > room and size > 1:  # the estimate was low
-            size = max(1, size // 2)
+        while cost + per_input * size + fixed > room and size > least:  # the estimate was low
+            size = max(least, size // 2)
             cost = _measured(probe, size)
         while size < batch:
             bigger = min(batch, 2 * size)
@@ -342,9 +360,14 @@ def plan_memory(
         chosen, step_cost = batch_size, 0
         if training:
             model.train()
-            chosen, step_cost = largest_measured(
-                lambda n: _step_probe(model, runtime, shape, classes, n), batch_size, fixed, 0
+            least = fewest_training_images(
+                model_name, shape[-1], model_kwargs.get("small_input", False)
             )
+            chosen, step_cost = largest_measured(
+                lambda n: _step_probe(model, runtime, shape, classes, n), batch_size, fixed, 0,
+                least,
+            )
+            chosen = min(chosen, batch_size)
         was_training = model.training
         model.eval()
         # An evaluation batch also holds its input images (float, a resized copy, and the

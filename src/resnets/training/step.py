@@ -12,7 +12,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from resnets.data.augment import soft_accuracy_count
 from resnets.errors import ResnetsError
-from resnets.training.memory import MemoryFallback, is_out_of_memory
+from resnets.training.memory import MemoryFallback, is_out_of_memory, split_sizes
 from resnets.training.runtime import autocast
 
 
@@ -39,7 +39,8 @@ def train_step(
 
     `y` holds class indices, or soft targets (N, classes) from mixup or CutMix. When a batch
     does not fit in memory its gradients are accumulated over micro-batches, each weighted by
-    its share, so the optimizer steps on the same batch either way.
+    its share, so the optimizer steps on the same batch either way. No micro-batch is smaller
+    than BatchNorm needs (`parts.fallback.least`, see `split_sizes`).
 
     Data-parallel (`parts.world` > 1, `step_model` a DistributedDataParallel): `x` is this
     process's share of a batch of `total` images. Each micro-batch's mean loss is weighted by
@@ -55,7 +56,8 @@ def train_step(
         parts.optimizer.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), device=parts.device)
         correct = torch.zeros((), dtype=torch.long, device=parts.device)
-        pieces = list(zip(x.split(chunk), y.split(chunk), strict=True))
+        sizes = split_sizes(n, chunk, parts.fallback.least)
+        pieces = list(zip(x.split(sizes), y.split(sizes), strict=True))
         for i, (xs, ys) in enumerate(pieces):
             last = i == len(pieces) - 1
             with _exchange(parts.step_model, last):
