@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
+import threading
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
+from resnets.explain import grad_cam
 from resnets.predict import Classifier
 
 from helpers import run_cli as cli
@@ -61,3 +65,45 @@ def test_explain_returns_maps_and_the_same_predictions(shapes_classifier: Classi
     assert float(explanation.heatmap.min()) >= 0 and float(explanation.heatmap.max()) <= 1
     assert explanation.pixels.dtype == torch.uint8
     assert explanation.png()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class _Busy(nn.Module):
+    """A network whose every forward pass first waits for another thread's inference-mode
+    pass through the same network, as a server's batch may run beside a heat map."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.stage_names = model.stage_names
+        setattr(self, model.stage_names[-1], getattr(model, model.stage_names[-1]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        def other() -> None:
+            with torch.inference_mode():
+                self.model(x.detach())
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join()
+        return self.model(x)
+
+
+def test_another_threads_forward_pass_is_not_captured(shapes_classifier: Classifier) -> None:
+    """grad_cam hooks the shared network's last stage: a pass on another thread while the hook
+    is on must not be taken for its own (it would fail, or weigh the wrong features)."""
+    x = torch.rand(2, 3, 32, 32)
+    alone, logits = grad_cam(shapes_classifier.model, x)
+    beside, same_logits = grad_cam(_Busy(shapes_classifier.model), x)
+    assert torch.allclose(beside, alone, atol=1e-5) and torch.equal(logits, same_logits)
+    for maps in (alone, beside):
+        assert maps.shape == (2, 32, 32)
+
+
+def test_heat_png_is_the_right_half_of_the_overlay(shapes_classifier: Classifier) -> None:
+    (explanation,) = shapes_classifier.explain([Image.new("RGB", (24, 24), "green")])
+    with Image.open(io.BytesIO(explanation.png())) as both, Image.open(
+        io.BytesIO(explanation.heat_png())
+    ) as heat:
+        assert heat.format == "PNG" and heat.width == heat.height == both.height >= 224
+        right = both.convert("RGB").crop((both.width - heat.width, 0, both.width, both.height))
+        assert right.tobytes() == heat.convert("RGB").tobytes()

@@ -8,6 +8,8 @@ go (`Gate`); the server's code is the one that ships.
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import http.client
 import io
 import json
@@ -27,6 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -41,8 +44,10 @@ from test_predict import picture, write_good  # noqa: E402
 
 import resnets  # noqa: E402
 from resnets.cli import build_parser  # noqa: E402
+from resnets.explain import OVERLAY_SIDE  # noqa: E402
 from resnets.predict import Classifier  # noqa: E402
 from resnets.serve import Limits, create_app, listen, make_server  # noqa: E402
+from resnets.serve.explaining import EXPLAIN_LIMIT  # noqa: E402
 from resnets.weights import load_network  # noqa: E402
 
 from helpers import SRC, run_cli, timeout  # noqa: E402
@@ -475,6 +480,63 @@ def test_without_the_serve_extra_the_error_names_it(
 
 
 # -- the page, in a browser -----------------------------------------------------------------
+
+# -- unlike the training data, and where the network looked ---------------------------------
+
+
+@pytest.mark.parametrize("threshold", [-1e9, None], ids=["below-every-energy", "none-saved"])
+def test_results_say_whether_an_image_is_unlike_the_training_data(
+    shapes_run: Path, files: list[Path], threshold: float | None
+) -> None:
+    """The flag and the energy are Classifier.predict's: every image flagged with a threshold
+    below every energy, none with no threshold saved (an older checkpoint), energy given."""
+    network = load_network(shapes_run)
+    assert network.ood is not None
+    ood = None if threshold is None else dataclasses.replace(network.ood, threshold=threshold)
+    classifier = Classifier(dataclasses.replace(network, ood=ood))
+    expected = classifier.predict(files[:2])
+    with running(create_app(classifier)) as port:
+        status, _, body = post_files(port, files[:2])
+    assert status == 200, body
+    for answer, prediction in zip(body["results"], expected, strict=True):
+        assert answer["unlike_training_data"] is (threshold is not None)
+        assert answer["unlike_training_data"] == prediction.unlike_training
+        assert answer["energy"] == pytest.approx(prediction.energy, rel=1e-5, abs=1e-5)
+        assert "heatmap" not in answer
+
+
+def test_explain_adds_a_heat_map_png_per_image(
+    port: int, shapes_classifier: Classifier, files: list[Path]
+) -> None:
+    chosen = files[:2]
+    status, _, body = post_files(port, chosen, "?explain=true&top_k=1")
+    assert status == 200, body
+    size = shapes_classifier.spec.size
+    side = size * -(-OVERLAY_SIDE // size)  # enlarged by a whole factor, as predict --explain
+    for answer, path in zip(body["results"], chosen, strict=True):
+        data = base64.b64decode(answer["heatmap"], validate=True)
+        with Image.open(io.BytesIO(data)) as heat:
+            assert heat.format == "PNG" and heat.size == (side, side) and heat.mode == "RGB"
+            served = np.asarray(heat, dtype=np.int16)
+        (explained,) = shapes_classifier.explain(path)
+        with Image.open(io.BytesIO(explained.heat_png())) as own:
+            assert np.abs(served - np.asarray(own, dtype=np.int16)).max() <= 2
+        assert answer["predictions"][0]["class"] == explained.prediction.label
+
+
+def test_explain_is_refused_beyond_its_limit_or_when_malformed(
+    port: int, files: list[Path]
+) -> None:
+    many = (files * EXPLAIN_LIMIT)[: EXPLAIN_LIMIT + 1]
+    status, _, body = post_files(port, many, "?explain=true")
+    assert status == 400 and f"at most {EXPLAIN_LIMIT} images" in body["error"]
+    assert "\n" not in body["error"]
+    status, _, body = post_files(port, many, "?explain=false")  # without it: answered
+    assert status == 200 and len(body["results"]) == len(many)
+    status, _, body = post_files(port, files[:1], "?explain=maybe")
+    assert status == 400 and "explain 'maybe'" in body["error"]
+    healthy(port)
+
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

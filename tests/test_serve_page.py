@@ -5,6 +5,7 @@ the tab."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,8 +15,9 @@ import pytest
 from PIL import Image
 from test_serve import CHROMIUM, TIMEOUT, call, files, running  # noqa: F401
 
-from resnets.predict import Classifier
+from resnets.predict import UNLIKE, Classifier
 from resnets.serve import create_app
+from resnets.weights import load_network
 
 TOKEN = "page-token"
 
@@ -88,3 +90,37 @@ def test_an_icon_decodes() -> None:
 
     with Image.open(io.BytesIO(_icon())) as image:
         assert image.format == "ICO" and image.size == (16, 16)
+
+
+def test_the_page_flags_unlike_images_and_shows_where_it_looked(
+    browser: Any, shapes_run: Path, files: list[Path]  # noqa: F811
+) -> None:
+    """With a threshold below every energy the top class is flagged; the toggle sends the image
+    again with explain=true and lays the heat map over the preview, and hides it when off."""
+    network = load_network(shapes_run)
+    assert network.ood is not None
+    strict = dataclasses.replace(network, ood=dataclasses.replace(network.ood, threshold=-1e9))
+    png = next(p for p in files if p.name == "rgb.png")
+    with running(create_app(Classifier(strict))) as port:
+        page = browser.new_page()
+        page.set_default_timeout(TIMEOUT * 1000)
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.set_input_files("#file", str(png))
+        page.wait_for_selector("#results .row")
+        assert page.inner_text("#results .row:first-child .unlike") == UNLIKE
+        assert page.locator("#results .unlike").count() == 1  # beside the top class only
+        assert not page.is_visible("#heat")
+        page.check("#explain")
+        page.wait_for_function(
+            "() => document.getElementById('drop').classList.contains('explained')"
+        )
+        assert page.is_visible("#heat")
+        width = page.eval_on_selector("#heat", "img => img.naturalWidth")
+        assert width >= 224 and width % network.spec.size == 0, width
+        box = "i => { const r = i.getBoundingClientRect(); return [r.x, r.y, r.width, r.height]; }"
+        assert page.eval_on_selector("#heat", box) == page.eval_on_selector("#preview", box)
+        page.uncheck("#explain")
+        assert not page.is_visible("#heat")
+        assert not [e for e in errors if "Content Security Policy" in e], errors

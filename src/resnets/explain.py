@@ -13,6 +13,7 @@ dependency, with its own release cycle, for one function of it.
 from __future__ import annotations
 
 import io
+import threading
 from typing import Any
 
 import matplotlib
@@ -49,9 +50,13 @@ def grad_cam(
     A map is all zeros when no part of the last stage's output argues for the class.
     """
     captured: list[torch.Tensor] = []
-    hook = last_stage(model).register_forward_hook(
-        lambda _module, _inputs, output: captured.append(output)
-    )
+    caller = threading.get_ident()  # another thread's forward pass (a server's) is not ours
+
+    def capture(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+        if threading.get_ident() == caller:
+            captured.append(output)
+
+    hook = last_stage(model).register_forward_hook(capture)
     try:
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)  # so the maps have a gradient if weights do not
@@ -74,6 +79,21 @@ def grad_cam(
 def overlay(pixels: Any, heat: Any, side: int = OVERLAY_SIDE) -> Image.Image:
     """The image (uint8 (C, H, W), C 1 or 3) beside itself with the heat map (H, W, in [0, 1])
     laid over it in the 'jet' colours, each panel `side` pixels square at least."""
+    image, blended = _panels(pixels, heat, side)
+    picture = Image.new("RGB", (2 * image.width + 4, image.height), "white")
+    picture.paste(image, (0, 0))
+    picture.paste(blended, (image.width + 4, 0))
+    return picture
+
+
+def heat_overlay(pixels: Any, heat: Any, side: int = OVERLAY_SIDE) -> Image.Image:
+    """The right panel of `overlay` alone: the image with the heat map laid over it, enlarged
+    by a whole factor to `side` pixels at least (what a page lays over its own preview)."""
+    return _panels(pixels, heat, side)[1]
+
+
+def _panels(pixels: Any, heat: Any, side: int) -> tuple[Image.Image, Image.Image]:
+    """The image enlarged (nearest neighbour), and the same with the heat map blended in."""
     pixels = np.asarray(pixels, dtype=np.uint8)
     rgb = np.repeat(pixels, 3, axis=0) if pixels.shape[0] == 1 else pixels
     image = Image.fromarray(np.ascontiguousarray(rgb.transpose(1, 2, 0)), "RGB")
@@ -84,11 +104,7 @@ def overlay(pixels: Any, heat: Any, side: int = OVERLAY_SIDE) -> Image.Image:
     heat_image = Image.fromarray((np.asarray(heat, dtype=np.float32) * 255).astype(np.uint8))
     heat = np.asarray(heat_image.resize(size, Image.Resampling.BILINEAR), np.float32) / 255
     colours = (matplotlib.colormaps["jet"](heat)[..., :3] * 255).astype(np.uint8)
-    blended = Image.blend(image, Image.fromarray(colours, "RGB"), OVERLAY_ALPHA)
-    picture = Image.new("RGB", (2 * size[0] + 4, size[1]), "white")
-    picture.paste(image, (0, 0))
-    picture.paste(blended, (size[0] + 4, 0))
-    return picture
+    return image, Image.blend(image, Image.fromarray(colours, "RGB"), OVERLAY_ALPHA)
 
 
 def png_bytes(picture: Image.Image) -> bytes:

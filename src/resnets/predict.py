@@ -29,7 +29,7 @@ from resnets.data.batches import network_input
 from resnets.data.folder import EXTENSIONS, UNREADABLE, decode_image, truncated_images_refused
 from resnets.data.spec import DataSpec
 from resnets.errors import DataError, UsageError, one_line
-from resnets.explain import grad_cam, overlay, png_bytes
+from resnets.explain import grad_cam, heat_overlay, overlay, png_bytes
 from resnets.models.fold import fold_batchnorm
 from resnets.ood import energy
 from resnets.weights import TrainedNetwork, load_network
@@ -107,6 +107,11 @@ class Explanation:
     def png(self) -> bytes:
         """`overlay()` as PNG file contents."""
         return png_bytes(self.overlay())
+
+    def heat_png(self) -> bytes:
+        """The image with the heat map laid over it (the right panel of `overlay()` alone), as
+        PNG file contents: what the server's page lays over its preview."""
+        return png_bytes(heat_overlay(self.pixels.numpy(), self.heatmap.numpy()))
 
 
 class Classifier:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import html
 import io
 import re
 import time
@@ -12,6 +13,7 @@ from dataclasses import asdict
 from importlib import resources
 from typing import Any
 
+import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -20,10 +22,11 @@ from PIL import Image, ImageDraw
 from starlette.exceptions import HTTPException
 
 from resnets.errors import one_line
-from resnets.predict import Classifier
+from resnets.predict import UNLIKE, Classifier
 from resnets.serve.admission import Admission
 from resnets.serve.auth import LOOPBACK_NAMES, Guard, page_policy
 from resnets.serve.decoding import FORMATS, Decoder
+from resnets.serve.explaining import Explainer, check_count, explain_flag
 from resnets.serve.limits import NAME_LIMIT, ClientError, Limits
 from resnets.serve.schema import HEALTH_RESPONSES, INFO_RESPONSES, PREDICT_EXTRA
 from resnets.serve.uploads import Held, read_uploads
@@ -69,6 +72,7 @@ def create_app(
     The decoding threads and the batching worker start and stop with the app's lifespan."""
     settings = Limits(**limits)
     page = resources.files("resnets").joinpath("static/index.html").read_text("utf-8")
+    page = page.replace("__UNLIKE__", html.escape(UNLIKE))
     icon = _icon()
     network = classifier.network
     parameters = sum(p.numel() for p in classifier.model.parameters())
@@ -79,13 +83,15 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         decoder = Decoder(classifier, settings, admission.counts)
         batcher = Batcher(classifier, settings, admission.counts)
+        explainer = Explainer(classifier)
         batcher.start()
-        parts.update(decoder=decoder, batcher=batcher)
+        parts.update(decoder=decoder, batcher=batcher, explainer=explainer)
         try:
             yield
         finally:
             await batcher.stop()
             decoder.shutdown()
+            explainer.shutdown()
 
     # No /docs or /redoc: FastAPI's pages load their scripts from a CDN, and nothing this
     # server shows may need the internet. The schema itself is at /openapi.json.
@@ -170,40 +176,53 @@ def create_app(
     async def predict(request: Request) -> JSONResponse:
         """The most probable classes of each image sent: multipart/form-data with one `file`
         field per image, or one image as the body (Content-Type image/png, image/jpeg,
-        image/bmp or image/webp)."""
+        image/bmp or image/webp). Each result says whether the image is unlike the training
+        data (its energy score above the network's threshold); with ?explain=true, also where
+        the network looked (a Grad-CAM heat map over the image, PNG in base64)."""
         started = time.perf_counter()
         k = min(_top_k(request, settings.top_k), len(classifier.classes))
+        explain = explain_flag(request.query_params.getlist("explain"))
         decoder: Decoder = parts["decoder"]
         batcher: Batcher = parts["batcher"]
         held = Held()
+        heatmaps: list[str] = []
         try:
             uploads = await read_uploads(request, settings, admission, held)
+            if explain:
+                check_count(len(uploads))
             names = [name for name, _ in uploads]
             pixels = await decoder.decode(uploads)
             del uploads
             admission.give_bytes(held.bytes)  # the bodies are decoded: only pixels are held
             held.bytes = 0
             try:
-                rows = await batcher.probabilities(pixels)
+                rows = await batcher.logits(pixels)
             except Exception as error:
                 if not batcher.alive:
                     stopped = "the batching worker has stopped: see the server's log, restart it"
                     raise ClientError(503, stopped) from None
                 raise ClientError(500, f"the model failed: {one_line(error)}") from None
+            _check_finite(names, rows)
+            if explain:  # after the prediction, the images still counted as in the server
+                explainer: Explainer = parts["explainer"]
+                try:
+                    heatmaps = await explainer.heatmaps(pixels)
+                except Exception as error:
+                    raise ClientError(500, f"the heat maps failed: {one_line(error)}") from None
         finally:
             held.give_back(admission)
+        logits = torch.stack(rows)
+        energies, flags = classifier.unlike_training(logits)
+        values, indices = logits.softmax(1).topk(k, dim=1)
         results = []
-        for name, row in zip(names, rows, strict=True):
-            if not bool(row.isfinite().all()):
-                raise ClientError(
-                    500, f"{name}: the network's output is not a number (NaN or infinite): its "
-                    "weights or this device's arithmetic are broken",
-                )  # fmt: skip
-            values, indices = row.topk(k)
+        for i, name in enumerate(names):
             results.append({
                 "file": name,
-                "predictions": [{"class": classifier.classes[i], "probability": p}
-                                for i, p in zip(indices.tolist(), values.tolist(), strict=True)],
+                "predictions": [{"class": classifier.classes[c], "probability": p}
+                                for c, p in zip(indices[i].tolist(), values[i].tolist(),
+                                                strict=True)],
+                "unlike_training_data": bool(flags[i]), "energy": float(energies[i]),
+                **({"heatmap": heatmaps[i]} if explain else {}),
             })  # fmt: skip
         return JSONResponse({
             "model": network.model_name, "dataset": classifier.spec.name,
@@ -211,6 +230,16 @@ def create_app(
         })  # fmt: skip
 
     return app
+
+
+def _check_finite(names: list[str], rows: list[torch.Tensor]) -> None:
+    """500 naming the first image whose logits are not all numbers."""
+    for name, row in zip(names, rows, strict=True):
+        if not bool(row.isfinite().all()):
+            raise ClientError(
+                500, f"{name}: the network's output is not a number (NaN or infinite): its "
+                "weights or this device's arithmetic are broken",
+            )  # fmt: skip
 
 
 def _version() -> str:

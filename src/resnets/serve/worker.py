@@ -27,7 +27,7 @@ log = logging.getLogger("resnets.serve")
 
 @dataclass
 class _Waiting:
-    """One decoded image waiting for a batch, and where its probabilities go."""
+    """One decoded image waiting for a batch, and where its logits go."""
 
     pixels: torch.Tensor
     result: asyncio.Future[torch.Tensor]
@@ -61,9 +61,10 @@ class Batcher:
         # A batch still running finishes on its thread; nobody waits for its answer.
         self.runner.shutdown(wait=False, cancel_futures=True)
 
-    async def probabilities(self, pixels: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Each image's class probabilities, computed in whatever batches the worker makes;
-        a failed batch raises its error here."""
+    async def logits(self, pixels: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each image's logits (float32, on the CPU), computed in whatever batches the worker
+        makes; a failed batch raises its error here. The caller takes the probabilities and
+        the energy score (Classifier.unlike_training) from them."""
         if not self.alive:
             raise RuntimeError("the batching worker has stopped")
         loop = asyncio.get_running_loop()
@@ -135,4 +136,4 @@ class Batcher:
 
     @torch.inference_mode()
     def _infer(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.classifier.logits(pixels).softmax(1).cpu()
+        return self.classifier.logits(pixels).cpu()
