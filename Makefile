@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 RUN_ARGS ?=
 
-.PHONY: run test lint data browser clean
+.PHONY: run test test-matrix lint data browser clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ test: $(VENV)/.installed data browser
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q --cov --cov-report=term
+
+# Every combination of tests/test_matrix.py: every network, size, batch, precision and layout
+# (hundreds of short real runs; `make test` runs its cheap slice).
+test-matrix: $(VENV)/.installed
+	$(PY) -m pytest -q -m matrix tests/test_matrix.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -30,8 +30,9 @@ networks by their real runs at smaller sizes, and for the deepest two by their s
 siblings' (same blocks and strides).
 
 The default suite runs a cheap slice (the issue's combination, the chapter's network at 28 px,
-and a few tiny networks); the rest is marked slow. Each combination's refusal or success is
-asserted, never skipped.
+and a few tiny networks); the rest is marked `matrix` (and slow), which `make test` leaves out
+for time (it is hundreds of real training runs) and `make test-matrix` runs. Each
+combination's refusal or success is asserted, never skipped.
 """
 
 from __future__ import annotations
@@ -137,7 +138,8 @@ def parametrised() -> list[object]:
     cases = all_cases()
     cases += [c for c in CHEAP if c not in cases]
     return [
-        pytest.param(c, id=c.id, marks=() if c in CHEAP else (pytest.mark.slow,)) for c in cases
+        pytest.param(c, id=c.id, marks=() if c in CHEAP else (pytest.mark.slow, pytest.mark.matrix))
+        for c in cases
     ]
 
 
