@@ -37,10 +37,12 @@ browser:
 	fi
 
 # `data` lets the one test that uses the real files run too; without them it is skipped.
-# Lint, type-check the library, then the suite with a coverage summary.
+# Lint, type-check the library, check that its imports point one way (lint-imports: the
+# contracts in pyproject.toml), then the suite with a coverage summary.
 test: $(VENV)/.installed data browser
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q --cov --cov-report=term
 
 # Every combination of tests/test_matrix.py: every network, size, batch, precision and layout

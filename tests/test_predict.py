@@ -26,7 +26,8 @@ from resnets.models import create_model
 from resnets.predict import Classifier, ImageError, Prediction
 from resnets.training import factory, load_checkpoint
 from resnets.training.checkpoint import model_from_checkpoint
-from resnets.training.evaluate import eval_config, evaluate
+from resnets.training.checkpoint_eval import eval_config
+from resnets.training.evaluate import evaluate
 from resnets.training.plots import pick_examples
 from resnets.weights import TrainedNetwork, load_network, save_safetensors
 

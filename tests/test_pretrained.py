@@ -16,6 +16,7 @@ from test_cli_train import data_dir, flags, run  # noqa: F401 (data_dir is a fix
 
 import resnets
 from resnets.errors import UsageError
+from resnets.models import create_model
 from resnets.pretrained import LoadReport, adapt_input_conv, load_pretrained
 from resnets.training import TrainConfig, build_trainer, load_checkpoint, resume_trainer
 from resnets.training.loop import build_optimizer
@@ -382,6 +383,23 @@ def test_create_model_pretrained(tmp_path: Path) -> None:
                        torchvision_state("resnet18")["layer4.1.bn2.running_var"])  # fmt: skip
     with pytest.raises(WeightsError, match="is .* there but"):
         resnets.create_model("resnet18", pretrained=file, width=0.5)
+
+
+def test_pretrained_through_the_shortcuts_and_torch_hub(tmp_path: Path) -> None:
+    """Weights are loaded above the model layer (resnets.pretrained.create_model), which the
+    shortcut functions and hubconf.py go through; models.create_model only builds."""
+    saved = resnets.create_model("cifar_resnet20", num_classes=10)
+    file = tmp_path / "w.pth"
+    torch.save(saved.state_dict(), file)
+    for model in (
+        resnets.cifar_resnet20(num_classes=10, pretrained=file),
+        torch.hub.load(str(REPO), "cifar_resnet20", source="local", num_classes=10,
+                       pretrained=str(file)),  # fmt: skip
+    ):
+        for key, tensor in saved.state_dict().items():
+            assert torch.equal(model.state_dict()[key], tensor), key
+    with pytest.raises(UsageError, match="pretrained"):
+        create_model("cifar_resnet20", pretrained=file)
 
 
 def test_torch_hub_load_builds_our_model() -> None:

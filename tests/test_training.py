@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import torch
 
+from resnets import checkpoint_format
 from resnets.errors import UsageError
 from resnets.training import (
     RECIPES,
@@ -29,7 +30,6 @@ from resnets.training import (
     resume_trainer,
     save_checkpoint,
 )
-from resnets.training import checkpoint as checkpoint_module
 from resnets.training.loop import elapsed_so_far, seconds_since_process_start
 from resnets.training.recorder import METRICS
 from resnets.training.step import ExchangeOutOfMemory, train_step
@@ -261,7 +261,7 @@ def test_checkpoint_writes_are_atomic(tmp_path: Path, monkeypatch: pytest.Monkey
         file.write(b"PK\x03\x04 half a checkpoint")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(checkpoint_module.torch, "save", broken_save)
+    monkeypatch.setattr(checkpoint_format.torch, "save", broken_save)
     with pytest.raises(OSError, match="No space"):
         save_checkpoint({"value": torch.arange(5)}, path)
     assert torch.equal(load_checkpoint(path)["value"], torch.arange(3))

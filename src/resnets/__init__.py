@@ -17,10 +17,9 @@ from resnets.models import (
     PreActBlock,
     PreActBottleneck,
     ResNet,
-    create_model,
     list_models,
 )
-from resnets.pretrained import LoadReport, load_pretrained
+from resnets.pretrained import LoadReport, create_model, load_pretrained
 
 __version__ = "0.1.0"
 

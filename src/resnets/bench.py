@@ -16,21 +16,20 @@ from torch import nn
 from resnets.data import DataNotFoundError, Dataset, load_dataset
 from resnets.data.datasets import get_entry
 from resnets.errors import DataError, UsageError
+from resnets.export import export_trained
 from resnets.models.fold import fold_batchnorm
 from resnets.summary import count_macs
 from resnets.training import distributed
 from resnets.training.config import TrainConfig, make_config
 from resnets.training.evaluate import evaluate
 from resnets.training.factory import (
-    build_batches,
-    build_model,
+    build_parts,
     data_options,
     device_of,
     fit_to_data,
     join_processes,
-    model_kwargs,
 )
-from resnets.training.loop import build_optimizer, build_step_models
+from resnets.training.loop import build_step_parts
 from resnets.training.memory import MemoryFallback
 from resnets.training.runtime import (
     Runtime,
@@ -38,7 +37,7 @@ from resnets.training.runtime import (
     peak_memory_bytes,
     reset_peak_memory,
 )
-from resnets.training.step import StepParts, train_step
+from resnets.training.step import train_step
 from resnets.weights import TrainedNetwork
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -144,16 +143,10 @@ def benchmark(
     place = join_processes(config)  # under torchrun: one share of each batch per process
     runtime = Runtime.resolve(device_of(config, place), config.precision, config.channels_last)
     config = fit_to_data(config, data.spec, quiet=True)
-    network = build_model(config, data.spec, runtime)
-    eval_model, step_model = build_step_models(network, runtime.device, place.world, compile)
-    batches = build_batches(config, data, runtime, quiet=True, place=place)
-    optimizer = build_optimizer(network, config)
-    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.precision == "fp16")
-    parts = StepParts(
-        network, step_model, optimizer, scaler,
-        MemoryFallback(None, lambda _: None, config.fewest_images()), None,
-        runtime.device, runtime.precision, world=place.world,
-    )  # fmt: skip
+    built = build_parts(config, data, runtime, place, quiet=True)
+    network, batches = built.model, built.batches
+    fallback = MemoryFallback(None, lambda _: None, config.fewest_images())
+    eval_model, parts = build_step_parts(network, config, runtime, place.world, fallback)
     dev = runtime.device
 
     def timed(batches: Iterator[Batch], run_one: Callable[[Batch], object]) -> float:
@@ -194,7 +187,7 @@ def benchmark(
     onnx_rate = None
     if onnx_note is None:
         trained = TrainedNetwork(
-            model_name=config.model, model_kwargs=model_kwargs(config, data.spec),
+            model_name=config.model, model_kwargs=built.model_kwargs,
             spec=data.spec, image_size=image_size,
             state_dict={k: v.detach().cpu() for k, v in network.state_dict().items()},
             source=Path("<resnets bench>"),
@@ -238,8 +231,6 @@ def _time_onnx(
     """Seconds onnxruntime takes over the timed batches of `batches()`, with the model that
     resnets.export writes (into a temporary folder), and which runtime that was."""
     import onnxruntime  # noqa: PLC0415 (an optional extra)
-
-    from resnets.export import export_trained  # noqa: PLC0415 (imports the exporters)
 
     with tempfile.TemporaryDirectory(prefix="resnets-bench-") as folder:
         exported = export_trained(network, "onnx", Path(folder) / "model.onnx")

@@ -24,6 +24,7 @@ from resnets.errors import ResnetsError, UsageError, first_line
 from resnets.export import FORMATS, export_network
 from resnets.files import write_atomic
 from resnets.models import create_model, default_input_size, list_models
+from resnets.predict import UNLIKE, Classifier, ImageError, image_files
 from resnets.summary import count_params, format_count, format_summary, summarize
 from resnets.training import (
     Interrupted,
@@ -35,8 +36,8 @@ from resnets.training import (
     start_trainer,
 )
 from resnets.training.checkpoint import model_from_checkpoint
+from resnets.training.checkpoint_eval import eval_config
 from resnets.training.config import PRECISIONS, RECIPES
-from resnets.training.evaluate import eval_config
 from resnets.training.factory import nothing_left, preflight, resolve_before_data, resume_config
 from resnets.training.loop import seconds_since_process_start
 from resnets.training.memory import format_bytes, parse_memory_budget
@@ -183,8 +184,6 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from resnets.predict import UNLIKE, Classifier, ImageError, image_files  # noqa: PLC0415 (Pillow)
-
     classifier = Classifier.from_checkpoint(args.checkpoint, resolve_device(args.device))
     files, problems = image_files(args.images)
     for problem in problems:
@@ -209,7 +208,7 @@ def _predict(args: argparse.Namespace) -> int:
     return 2 if problems else 0
 
 
-def _write_explanations(classifier: Any, sources: list[str], folder: str) -> None:
+def _write_explanations(classifier: Classifier, sources: list[str], folder: str) -> None:
     """`FOLDER/NAME.png` per image: the image beside its Grad-CAM heat map (see explain.py)."""
     out = Path(folder)
     if out.exists() and not out.is_dir():
@@ -229,12 +228,9 @@ def _write_explanations(classifier: Any, sources: list[str], folder: str) -> Non
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from resnets.predict import Classifier  # noqa: PLC0415
-    from resnets.serve import serve  # noqa: PLC0415 (FastAPI and uvicorn: the serve extra)
+    from resnets.serve import Limits, serve  # noqa: PLC0415 (FastAPI and uvicorn: the serve extra)
 
     classifier = Classifier.from_checkpoint(args.checkpoint, resolve_device(args.device))
-    from resnets.serve import Limits  # noqa: PLC0415
-
     limits = {name: getattr(args, name) for name in Limits.__dataclass_fields__}
     token = args.token or os.environ.get("RESNETS_SERVE_TOKEN") or None
     serve(

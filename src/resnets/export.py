@@ -33,7 +33,7 @@ from torch import nn
 
 from resnets.errors import ResnetsError, UsageError, first_line
 from resnets.files import fsync_dir, write_atomic
-from resnets.weights import SAFETENSORS_FORMAT, TrainedNetwork, load_network
+from resnets.weights import SAFETENSORS_FORMAT, TrainedNetwork, load_network, save_safetensors
 
 FORMATS = ("onnx", "safetensors", "pt2")
 # What each format needs beyond torch (the `export` extra).
@@ -314,8 +314,6 @@ def _onnx_check(network: TrainedNetwork, model: nn.Module, size: int,
 
 def _safetensors_writer(network: TrainedNetwork, model: nn.Module, example: torch.Tensor,
                         size: int, path: Path) -> None:  # fmt: skip
-    from resnets.weights import save_safetensors  # noqa: PLC0415
-
     save_safetensors(network, path)
 
 

@@ -28,6 +28,8 @@ import torch
 from torch import nn
 
 from resnets.errors import UsageError, first_line
+from resnets.models import ResNet
+from resnets.models import create_model as build_model
 from resnets.weights import WeightsError, load_network
 
 HEAD = "fc"  # the classifier's module name, ours and torchvision's
@@ -154,6 +156,29 @@ def _state_dict(state: Any, name: str) -> dict[str, torch.Tensor]:
     if bad:
         raise WeightsError(f"{name}: not a state dict: {str(bad[0])[:60]} is not a named tensor")
     return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def create_model(
+    name: str, *, pretrained: str | Path | bool | None = None, **kwargs: Any
+) -> ResNet:
+    """`resnets.models.create_model(name, **kwargs)`, started from trained weights.
+
+    pretrained: a file or URL as `load_pretrained` takes (a torchvision .pth, a resnets
+    checkpoint or safetensors file): the first conv is adapted to `in_channels`, the classifier
+    left new for another `num_classes`, and any other shape that differs is an error. Unlike
+    timm's, not a flag: resnets downloads nothing it was not given the address of (False is
+    accepted: none). This lives here, above the model layer, so that building a network never
+    imports the code that reads weight files.
+    """
+    if pretrained is True:
+        raise UsageError(
+            "pretrained takes a weights file or URL (resnets has no weights of its own to "
+            "download), e.g. pretrained='resnet50-0676ba61.pth'"
+        )
+    model = build_model(name, **kwargs)
+    if pretrained is not None and pretrained is not False:
+        load_pretrained(model, pretrained, strict_shapes=True)
+    return model
 
 
 def load_pretrained(

@@ -21,8 +21,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from resnets.checkpoint_format import (
+    EVAL_KEYS,
+    find_checkpoint,
+    load_checkpoint,
+    model_from_checkpoint,
+    saved_data_spec,
+)
 from resnets.data.spec import DataSpec
 from resnets.errors import ResnetsError, UsageError
+from resnets.files import atomic_file
 from resnets.models import create_model
 from resnets.models.conv import plain_convs
 from resnets.ood import EnergyThreshold
@@ -68,14 +76,6 @@ def load_network(path: str | Path) -> TrainedNetwork:
     path = Path(path)
     if path.suffix == ".safetensors":
         return _from_safetensors(path)
-    from resnets.training.checkpoint import (  # noqa: PLC0415 (the training package is heavy)
-        EVAL_KEYS,
-        find_checkpoint,
-        load_checkpoint,
-        model_from_checkpoint,
-        saved_data_spec,
-    )
-
     file = find_checkpoint(path, "best", fallback="last")
     state = load_checkpoint(file, keys=EVAL_KEYS)
     model, _ = model_from_checkpoint(state, file)
@@ -89,8 +89,6 @@ def load_network(path: str | Path) -> TrainedNetwork:
 def save_safetensors(network: TrainedNetwork, path: str | Path) -> Path:
     """Write the weights and the metadata above to `path` (atomically)."""
     safetensors_torch = _safetensors()
-    from resnets.files import atomic_file  # noqa: PLC0415
-
     tensors = {k: v.detach().cpu().contiguous() for k, v in network.state_dict.items()}
     payload = safetensors_torch.save(tensors, metadata=network.metadata())
     with atomic_file(path) as file:

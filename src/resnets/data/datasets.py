@@ -18,7 +18,9 @@ from typing import Any
 
 import torch
 
-from resnets.data import cifar, mnist
+import resnets.data.cifar as cifar
+import resnets.data.folder as folder
+import resnets.data.mnist as mnist
 from resnets.data.download import cache_root, fetch
 from resnets.data.facts import DatasetFacts, class_order, read_facts
 from resnets.data.mnist import DataNotFoundError
@@ -339,8 +341,6 @@ def _folder_places(options: DataOptions) -> list[Path]:
     places=lambda options: _folder_places(options),
 )
 def load_folder(options: DataOptions) -> Dataset:
-    from resnets.data import folder  # noqa: PLC0415 (Pillow only where folders are read)
-
     root = _folder_root(options)
     facts = read_facts(root) if root.is_dir() else None
     data = folder.load_image_folder(
@@ -423,8 +423,6 @@ def count_train_images(
     if entry.train_images is not None:
         count = entry.train_images
     else:
-        from resnets.data import folder  # noqa: PLC0415 (Pillow only where folders are read)
-
         try:
             per_class, has_test = folder.count_files(_folder_root(options))
         except (UsageError, DataError, OSError):
@@ -489,8 +487,6 @@ def load_dataset(
 def _describe_folder(row: dict[str, Any], root: Path, check: bool) -> None:
     """A found folder's classes, file count and colours (headers read, nothing decoded); with
     `check`, whether it can be listed at all."""
-    from resnets.data import folder  # noqa: PLC0415 (Pillow only where folders are read)
-
     if not check:
         return
     try:

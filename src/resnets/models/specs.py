@@ -10,7 +10,6 @@ from __future__ import annotations
 import fnmatch
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from resnets.errors import UsageError
@@ -122,7 +121,6 @@ def create_model(
     in_channels: int | None = None,
     small_input: bool = False,
     width: float = 1.0,
-    pretrained: str | Path | bool | None = None,
     in_chans: int | None = None,
     **options: Any,
 ) -> ResNet:
@@ -136,28 +134,17 @@ def create_model(
         width: multiplies every channel count (0.5 halves the network's width).
         options: `zero_init_residual`, `shortcut` ("A", "B", "C") and, for bottlenecks,
             `stride_on` ("3x3" or "1x1").
-        pretrained: weights to start from, a file or URL as `resnets.load_pretrained` takes
-            (a torchvision .pth, a resnets checkpoint or safetensors file): the first conv is
-            adapted to `in_channels`, the classifier left new for another `num_classes`, and
-            any other shape that differs is an error. Unlike timm's, not a flag: resnets
-            downloads nothing it was not given the address of (False is accepted: none).
         in_chans: timm's name for `in_channels`.
+
+    Weights to start from are the use layer's: `resnets.create_model(name, pretrained=...)`
+    (`resnets.pretrained.create_model`) builds with this and then loads them, so that the
+    model layer never reads files of trained weights.
     """
     if in_chans is not None:
         if in_channels is not None and in_channels != in_chans:
             raise UsageError(f"in_chans={in_chans} and in_channels={in_channels} disagree")
         in_channels = in_chans
-    if pretrained is True:
-        raise UsageError(
-            "pretrained takes a weights file or URL (resnets has no weights of its own to "
-            "download), e.g. pretrained='resnet50-0676ba61.pth'"
-        )
-    model = _build(name, num_classes, in_channels, small_input, width, options)
-    if pretrained is not None and pretrained is not False:
-        from resnets.pretrained import load_pretrained  # noqa: PLC0415 (it imports this module)
-
-        load_pretrained(model, pretrained, strict_shapes=True)
-    return model
+    return _build(name, num_classes, in_channels, small_input, width, options)
 
 
 def _build(

@@ -21,6 +21,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image, ImageDraw
 from starlette.exceptions import HTTPException
 
+from resnets import __version__
 from resnets.errors import one_line
 from resnets.predict import UNLIKE, Classifier
 from resnets.serve.admission import Admission
@@ -96,7 +97,7 @@ def create_app(
     # No /docs or /redoc: FastAPI's pages load their scripts from a CDN, and nothing this
     # server shows may need the internet. The schema itself is at /openapi.json.
     app = FastAPI(
-        title="resnets", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
+        title="resnets", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
         description=f"{network.model_name} trained on {classifier.spec.name}: POST images to "
         "/predict for their most probable classes.",
     )  # fmt: skip
@@ -168,7 +169,7 @@ def create_app(
             "input": {"channels": spec.channels, "size": spec.size,
                       "network_size": classifier.image_size, "mean": list(spec.mean),
                       "std": list(spec.std), "formats": list(FORMATS)},
-            "device": str(classifier.device), "version": _version(),
+            "device": str(classifier.device), "version": __version__,
             "limits": asdict(settings), "token": token is not None,
         }  # fmt: skip
 
@@ -240,9 +241,3 @@ def _check_finite(names: list[str], rows: list[torch.Tensor]) -> None:
                 500, f"{name}: the network's output is not a number (NaN or infinite): its "
                 "weights or this device's arithmetic are broken",
             )  # fmt: skip
-
-
-def _version() -> str:
-    from resnets import __version__  # noqa: PLC0415 (resnets/__init__ imports the models)
-
-    return __version__

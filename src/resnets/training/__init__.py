@@ -1,8 +1,9 @@
 """Training and evaluation: settings, the parts of a run and the factory that builds them."""
 
 from resnets.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from resnets.training.checkpoint_eval import evaluate_checkpoint
 from resnets.training.config import RECIPES, TrainConfig, make_config
-from resnets.training.evaluate import evaluate, evaluate_checkpoint
+from resnets.training.evaluate import evaluate
 from resnets.training.factory import (
     build_batches,
     build_model,

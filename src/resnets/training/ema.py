@@ -38,8 +38,3 @@ def build_ema(model: nn.Module, decay: float) -> AveragedModel | None:
     if not decay:
         return None
     return AveragedModel(model, multi_avg_fn=ema_with_warmup(decay), use_buffers=True)
-
-
-def averaged_weights(ema_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The plain model state dict inside an AveragedModel's state dict."""
-    return {k.removeprefix("module."): v for k, v in ema_state.items() if k.startswith("module.")}

@@ -225,6 +225,38 @@ def start_from_weights(
         freeze_backbone(model)
 
 
+@dataclasses.dataclass
+class Parts:
+    """A run's network and batches: what the Trainer trains and the benchmark times."""
+
+    model: nn.Module
+    model_kwargs: dict[str, Any]  # create_model's, saved in every checkpoint
+    batches: Batches
+
+
+def build_parts(
+    config: TrainConfig,
+    data: Dataset,
+    runtime: Runtime,
+    place: distributed.Dist,
+    *,
+    weights: tuple[dict[str, torch.Tensor], str] | None = None,
+    quiet: bool = False,
+) -> Parts:
+    """The network for `config` (already fitted to `data`) on the device: initialised from the
+    run's seed, started from `weights` and frozen as asked (`start_from_weights`), with
+    synchronised BatchNorm under torchrun when asked; and the batches of every split.
+
+    `build_trainer` and `resnets.bench.benchmark` both build their parts with this, so that a
+    benchmark times what training runs."""
+    model = build_model(config, data.spec, runtime)
+    start_from_weights(model, config, weights, quiet)  # freezing applies to a resumed run too
+    if place.world > 1 and config.sync_bn:
+        model = distributed.sync_batch_norm(model, runtime.device)  # same parameters and keys
+    batches = build_batches(config, data, runtime, quiet, place)
+    return Parts(model, model_kwargs(config, data.spec), batches)
+
+
 def build_batches(
     config: TrainConfig,
     data: Dataset,
@@ -322,14 +354,10 @@ def build_trainer(
     if stretched.epochs != config.epochs:
         notice(quiet)(line)
     config = stretched
-    model = build_model(config, data.spec, runtime)
-    start_from_weights(model, config, weights, quiet)  # freezing applies to a resumed run too
-    if place.world > 1 and config.sync_bn:
-        model = distributed.sync_batch_norm(model, runtime.device)  # same parameters and keys
+    parts = build_parts(config, data, runtime, place, weights=weights, quiet=quiet)
     return Trainer(
-        config, runtime=runtime, model=model, model_kwargs=model_kwargs(config, data.spec),
-        spec=data.spec, batches=build_batches(config, data, runtime, quiet, place),
-        folder=folder,
+        config, runtime=runtime, model=parts.model, model_kwargs=parts.model_kwargs,
+        spec=data.spec, batches=parts.batches, folder=folder,
         log=log, quiet=quiet, on_step=on_step, started=started, log_every=log_every,
     )  # fmt: skip
 

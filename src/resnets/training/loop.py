@@ -165,6 +165,27 @@ def build_step_models(
     return eval_model, torch.compile(ddp) if compile else ddp  # type: ignore[return-value]
 
 
+def build_step_parts(
+    model: nn.Module,
+    config: TrainConfig,
+    runtime: Runtime,
+    world: int,
+    fallback: MemoryFallback,
+) -> tuple[nn.Module, StepParts]:
+    """(evaluation model, what a training step reads and updates) for `model` as `config`
+    says: step models (`build_step_models`), optimizer, gradient scaler (fp16 only); no
+    weight average (the Trainer adds its own after DistributedDataParallel has broadcast the
+    weights). The Trainer and the benchmark (resnets.bench) both build their steps with this."""
+    eval_model, step_model = build_step_models(model, runtime.device, world, config.compile)
+    optimizer = build_optimizer(model, config)
+    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.precision == "fp16")
+    parts = StepParts(
+        model, step_model, optimizer, scaler, fallback, None,
+        runtime.device, runtime.precision, config.label_smoothing, world,
+    )  # fmt: skip
+    return eval_model, parts
+
+
 def channels_of(channels: int) -> str:
     """How a run's first line names its input: "1 channel (grey)" or "3 channels (RGB)"."""
     return "1 channel (grey)" if channels == 1 else f"{channels} channels (RGB)"
@@ -228,18 +249,15 @@ class Trainer:
         self.log, self.quiet, self.on_step = log, quiet, on_step
         self.place = distributed.info()
         self._check_shares(batches)
-        self.eval_model, self.step_model = build_step_models(
-            model, self.device, self.place.world, config.compile
-        )
-        self.optimizer = build_optimizer(model, config)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        self.ema = build_ema(model, config.ema)
         self.fallback = MemoryFallback(config.micro_batch, self._notice, config.fewest_images())
         self.eval_fallback = MemoryFallback(None, self._notice)
-        self.parts = StepParts(
-            model, self.step_model, self.optimizer, self.scaler, self.fallback, self.ema,
-            self.device, self.precision, config.label_smoothing, self.place.world,
-        )  # fmt: skip
+        self.eval_model, self.parts = build_step_parts(
+            model, config, runtime, self.place.world, self.fallback
+        )
+        self.step_model = self.parts.step_model
+        self.optimizer, self.scaler = self.parts.optimizer, self.parts.scaler
+        # the average starts from the weights as DistributedDataParallel broadcast them
+        self.ema = self.parts.ema = build_ema(model, config.ema)
         self.position = Position()
         self.history: list[dict[str, Any]] = []
         # the energy threshold of the current weights, when measured (see _finish_epoch)
