@@ -6,6 +6,7 @@ import io
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -107,3 +108,12 @@ def test_heat_png_is_the_right_half_of_the_overlay(shapes_classifier: Classifier
         assert heat.format == "PNG" and heat.width == heat.height == both.height >= 224
         right = both.convert("RGB").crop((both.width - heat.width, 0, both.width, both.height))
         assert right.tobytes() == heat.convert("RGB").tobytes()
+
+
+def test_one_array_is_one_image_for_explain_as_for_predict(shapes_classifier: Classifier) -> None:
+    """A single HxWx3 array is one image (not a sequence of rows), in explain as in predict."""
+    array = np.zeros((24, 24, 3), dtype=np.uint8)
+    array[4:12, 4:12] = 255
+    (explanation,) = shapes_classifier.explain(array)
+    (prediction,) = shapes_classifier.predict(array)
+    assert explanation.prediction.top == prediction.top

@@ -214,10 +214,22 @@ class Classifier:
             raise UsageError(f"top_k must be a positive whole number, not {top_k!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise UsageError(f"batch_size must be a positive whole number, not {batch_size!r}")
-        if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
-            images = [images]  # one array is one image, not a sequence of rows
         k = min(top_k, len(self.classes))
         results: list[Prediction] = []
+        for names, pixels in self._decoded(images, batch_size, on_error):
+            results.extend(self._predictions(names, self.logits(pixels), k))
+        return results
+
+    def _decoded(
+        self,
+        images: ImageSource | Iterable[ImageSource],
+        batch_size: int,
+        on_error: Callable[[ImageError], None] | None,
+    ) -> Iterator[tuple[list[str], torch.Tensor]]:
+        """(names, uint8 pixels) of up to `batch_size` readable images at a time; an image
+        that cannot be read raises, or goes to `on_error` and is left out."""
+        if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
+            images = [images]  # one array is one image, not a sequence of rows
         for batch in _chunks(enumerate(images), batch_size):
             names, pixels = [], []
             for position, image in batch:
@@ -229,10 +241,8 @@ class Classifier:
                     on_error(error)
                     continue
                 names.append(_name_of(image, position))
-            if not pixels:
-                continue
-            results.extend(self._predictions(names, self.logits(torch.stack(pixels)), k))
-        return results
+            if pixels:
+                yield names, torch.stack(pixels)
 
     def unlike_training(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each image's energy score (resnets.ood) from its logits (N, classes), and whether it
@@ -269,24 +279,9 @@ class Classifier:
         function as the trained one, so the same gradients up to rounding, without building a
         second copy. Images that cannot be read are handled as by `predict`.
         """
-        if isinstance(images, (str, os.PathLike, Image.Image)):
-            images = [images]
         k = min(top_k, len(self.classes))
         results: list[Explanation] = []
-        for batch in _chunks(enumerate(images), batch_size):
-            names, pixels = [], []
-            for position, image in batch:
-                try:
-                    pixels.append(self.decode(image))
-                except ImageError as error:
-                    if on_error is None:
-                        raise
-                    on_error(error)
-                    continue
-                names.append(_name_of(image, position))
-            if not pixels:
-                continue
-            stacked = torch.stack(pixels)
+        for names, stacked in self._decoded(images, batch_size, on_error):
             x = network_input(stacked.to(self.device), self.spec, self.image_size)
             maps, logits = grad_cam(self.model, x, size=(stacked.shape[-2], stacked.shape[-1]))
             predictions = self._predictions(names, logits, k)
