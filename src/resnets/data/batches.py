@@ -198,22 +198,21 @@ class DeviceBatches:
         ).to(self.device)
 
     def rows_in(self, index: int) -> int:
-        """Images in batch `index` of an epoch, all shards together."""
-        span = self._spans()[index]
-        return span.stop - span.start
+        """Images in batch `index` of an epoch, all shards together: `batch_size`, except a
+        last batch that is short or holds a short one joined to it."""
+        start = index * self.batch_size
+        last = index == len(self) - 1 and not self.drop_last
+        return (self.count if last else min(start + self.batch_size, self.count)) - start
 
     def largest_batch(self) -> int:
         """Images in the largest batch of an epoch, all shards together (0 with no images)."""
-        return max((span.stop - span.start for span in self._spans()), default=0)
+        return max(self.rows_in(0), self.rows_in(len(self) - 1)) if len(self) else 0
 
     def _spans(self) -> list[slice]:
         """Each batch's positions in the epoch's order: `batch_size` at a time, the last one
         joined to the one before when it holds fewer than `least` images (or dropped)."""
         starts = range(0, len(self) * self.batch_size, self.batch_size)
-        spans = [slice(start, min(start + self.batch_size, self.count)) for start in starts]
-        if spans and self._joins_last():
-            spans[-1] = slice(spans[-1].start, self.count)
-        return spans
+        return [slice(start, start + self.rows_in(i)) for i, start in enumerate(starts)]
 
     def _joins_last(self) -> bool:
         """Whether the last, short batch is joined to the one before it."""
