@@ -51,7 +51,11 @@ from resnets.data import FASHION_MNIST, Dataset, DataSpec
 from resnets.errors import UsageError
 from resnets.export import export_network
 from resnets.models import MODEL_SPECS, create_model, list_models
-from resnets.models.geometry import fewest_training_images, map_sides
+from resnets.models.geometry import (
+    fewest_training_images,
+    map_sides,
+    smallest_side_for_one_image,
+)
 from resnets.predict import Classifier
 from resnets.training import build_trainer, make_config
 
@@ -262,26 +266,50 @@ def check_on_meta(case: Case, spec: DataSpec, fewest: int) -> None:
 GEOMETRY_SIZES = (1, 2, 3, 4, 5, 7, 8, 9, 12, 16, 17, 28, 32, 33, 64, 65, 97)
 
 
+def stems(model: str) -> list[tuple[bool, int]]:
+    """Every stem a network can have: its own, the small-input one, and the small-input one
+    at stride 2 (a CIFAR network's own stem is the small-input one)."""
+    cifar = MODEL_SPECS[model].stem == "cifar"
+    return [(False, 1), (False, 2)] if cifar else [(False, 1), (True, 1), (True, 2)]
+
+
 def geometry_params() -> list[object]:
-    cheap = (("d2l_resnet18", False), ("cifar_resnet20", False))
+    cheap = (("d2l_resnet18", False, 1), ("cifar_resnet20", False, 1), ("resnet18", True, 2))
     return [
-        pytest.param(model, small, id=f"{model}{'-small' if small else ''}",
-                     marks=() if (model, small) in cheap else (pytest.mark.slow,))
-        for model in list_models() if model not in DEEPEST for small in (False, True)
+        pytest.param(model, small, stride,
+                     id=f"{model}{'-small' if small else ''}{'-s2' if stride == 2 else ''}",
+                     marks=() if (model, small, stride) in cheap else (pytest.mark.slow,))
+        for model in list_models() if model not in DEEPEST for small, stride in stems(model)
     ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("model", "small_input"), geometry_params())
-def test_map_sides_are_those_of_a_real_forward_pass(model: str, small_input: bool) -> None:
+@pytest.mark.parametrize(("model", "small_input", "stem_stride"), geometry_params())
+def test_map_sides_are_those_of_a_real_forward_pass(
+    model: str, small_input: bool, stem_stride: int
+) -> None:
     """`map_sides` (from the spec row) against the network's own maps, in eval mode at width
-    1/16, at odd and even sides around each halving. (cifar_resnet1202 and
+    1/16, at odd and even sides around each halving, for every stem. (cifar_resnet1202 and
     cifar_preact_resnet1001 share their stem and strides with cifar_resnet20 and
     cifar_preact_resnet164, checked here, and differ only in blocks per stage.)"""
-    network = create_model(model, width=0.0625, small_input=small_input).eval()
+    network = create_model(
+        model, width=0.0625, small_input=small_input, stem_stride=stem_stride
+    ).eval()
     for size in GEOMETRY_SIZES:
         with torch.no_grad():
             maps = network.forward_stages(torch.zeros(1, network.in_channels, size, size))
-        assert tuple(m.shape[-1] for m in maps.values()) == map_sides(model, size, small_input)
+        sides = map_sides(model, size, small_input, stem_stride)
+        assert tuple(m.shape[-1] for m in maps.values()) == sides
+
+
+@pytest.mark.parametrize(("model", "small_input", "stem_stride"), geometry_params())
+def test_the_smallest_side_for_one_image_is_the_edge(
+    model: str, small_input: bool, stem_stride: int
+) -> None:
+    """The side the refusal suggests is the first that lets one image train, and one pixel
+    less needs two: the suggestion is neither too cautious nor wrong, for every stem."""
+    edge = smallest_side_for_one_image(model, small_input, stem_stride)
+    assert fewest_training_images(model, edge, small_input, stem_stride) == 1
+    assert fewest_training_images(model, edge - 1, small_input, stem_stride) == 2
 
 
 def test_the_deepest_networks_share_their_siblings_geometry() -> None:

@@ -11,10 +11,16 @@ import torch.nn.functional as F
 from torch import nn
 
 import resnets
+from resnets.data import FASHION_MNIST
 from resnets.errors import UsageError
+from resnets.models import MODEL_SPECS
 from resnets.models.blocks import BasicBlock, Bottleneck, PadShortcut, PreActBlock, PreActBottleneck
 from resnets.models.conv import Conv2d
 from resnets.summary import count_params, summarize
+from resnets.training import make_config
+from resnets.training.factory import model_kwargs
+
+from helpers import run_cli
 
 FIXTURE = Path(__file__).parent / "fixtures" / "torchvision_resnet_state_dicts.json"
 
@@ -345,3 +351,51 @@ def test_small_map_conv_under_bf16_autocast() -> None:
         reference = F.conv2d(x, conv.weight, conv.bias, padding=1)
     assert y.dtype == reference.dtype == torch.bfloat16
     torch.testing.assert_close(y.float(), reference.float(), rtol=0.02, atol=0.05)
+
+
+# ---- the small-input stem at stride 2 (the fp32 quick and fast recipes' network) --------------
+
+
+@pytest.mark.parametrize("name", resnets.list_models())
+def test_stem_stride_2_halves_every_map_and_keeps_the_weights(name: str) -> None:
+    """At stride 2 the small-input stem's maps, and so every stage's, are half the stride-1
+    network's (rounded up), with the same parameters: the same state dict loads into both."""
+    small = MODEL_SPECS[name].stem != "cifar"
+    if sum(MODEL_SPECS[name].layers) > 200:
+        pytest.skip("the deepest networks share their siblings' stems (test_matrix)")
+    one = resnets.create_model(name, small_input=small, width=0.0625).eval()
+    two = resnets.create_model(name, small_input=small, width=0.0625, stem_stride=2).eval()
+    assert two.conv1.stride == (2, 2) and one.conv1.stride == (1, 1)
+    two.load_state_dict(one.state_dict())
+    x = torch.rand(2, one.in_channels, 32, 32)
+    with torch.no_grad():
+        sides_one = [m.shape[-1] for m in one.forward_stages(x).values()]
+        sides_two = [m.shape[-1] for m in two.forward_stages(x).values()]
+        assert two(x).shape == one(x).shape
+    assert sides_two == [(s + 1) // 2 for s in sides_one]
+
+
+def test_stem_stride_is_refused_where_it_cannot_apply() -> None:
+    with pytest.raises(UsageError, match="ImageNet stem .* add --small-input"):
+        resnets.create_model("resnet18", stem_stride=2)
+    for bad in (0, 3, True, 2.0):
+        with pytest.raises(UsageError, match="stem_stride must be 1 or 2"):
+            resnets.create_model("resnet18", small_input=True, stem_stride=bad)
+    with pytest.raises(UsageError, match="add --small-input"):
+        make_config(overrides={"model": "resnet18", "stem_stride": 2})
+    with pytest.raises(UsageError, match="stem_stride must be 1 or 2"):
+        make_config(overrides={"model": "cifar_resnet20", "stem_stride": 4})
+    config = make_config(overrides={"model": "cifar_resnet20", "stem_stride": 2, "image_size": 2})
+    assert config.fewest_images() == 2  # 2px -> 1px at the stem -> 1x1 at the end
+
+
+def test_stem_stride_reaches_the_checkpoint_and_summary(capsys: pytest.CaptureFixture[str]) -> None:
+    config = make_config(overrides={"model": "resnet18", "small_input": True, "stem_stride": 2})
+    assert model_kwargs(config, FASHION_MNIST.spec)["stem_stride"] == 2
+    plain = make_config(overrides={"model": "resnet18", "small_input": True})
+    assert "stem_stride" not in model_kwargs(plain, FASHION_MNIST.spec)  # as before the option
+    code, out, err = run_cli(capsys, "summary", "resnet18", "--small-input", "--stem-stride",
+                             "2", "--image-size", "28", "--json")  # fmt: skip
+    assert code == 0, err
+    layers = json.loads(out)["layers"]
+    assert layers[0]["output_shape"][-1] == 14

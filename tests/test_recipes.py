@@ -24,10 +24,16 @@ from resnets.data.datasets import (
 )
 from resnets.data.facts import read_facts
 from resnets.errors import DataError, UsageError
-from resnets.training import make_config
+from resnets.training import TrainConfig, make_config
+from resnets.training import config as config_module
 from resnets.training.config import (
     RECIPE_BASIS,
+    RECIPE_BASIS_FP32,
     RECIPES,
+    RECIPES_FP32,
+    computes_fp32_on_cpu,
+    recipe_note,
+    recipe_settings,
     steps_per_epoch,
     stretch_to_min_steps,
 )
@@ -295,21 +301,39 @@ def test_a_run_mirrored_against_the_data_is_evaluated_as_it_was_trained(
 SIZES = (1, 100, 1_000, 4_000, 50_000, 60_000, 1_000_000)
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def on_cpu(recipe: str, precision: str, **settings: object) -> TrainConfig:
+    """A recipe's settings for a CPU run at this precision (which picks its fp32 or bf16 ones)."""
+    return make_config(recipe, overrides={"device": "cpu", "precision": precision, **settings})
+
+
+def basis(recipe: str, precision: str) -> str:
+    fp32 = precision == "fp32" and recipe in RECIPE_BASIS_FP32
+    return RECIPE_BASIS_FP32[recipe] if fp32 else RECIPE_BASIS[recipe]
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
-def test_every_recipe_has_a_minimum_counted_on_its_basis(recipe: str) -> None:
-    config = make_config(recipe)
+def test_every_recipe_has_a_minimum_counted_on_its_basis(recipe: str, precision: str) -> None:
+    config = on_cpu(recipe, precision)
     assert config.min_steps is not None and recipe in RECIPE_BASIS
-    if RECIPE_BASIS[recipe].endswith("at 60,000 images"):
+    if "at 60,000 images" in basis(recipe, precision):
+        assert basis(recipe, precision).startswith(f"{config.epochs} epochs")
         assert config.min_steps == config.epochs * steps_per_epoch(60_000, config.batch_size)
     else:  # cifar-paper: the paper's 64k iterations, about its 164 epochs of 391 steps
         assert config.min_steps == 64_000
         assert config.epochs * steps_per_epoch(50_000, config.batch_size) >= config.min_steps
 
 
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
 @pytest.mark.parametrize("images", SIZES)
-def test_recipes_train_at_least_their_steps_on_any_size(recipe: str, images: int) -> None:
-    config = make_config(recipe)
+def test_recipes_train_at_least_their_steps_on_any_size(
+    recipe: str, images: int, precision: str
+) -> None:
+    config = on_cpu(recipe, precision)
     stretched, line = stretch_to_min_steps(config, images)
     per_epoch = steps_per_epoch(images, config.batch_size)
     assert config.min_steps is not None
@@ -318,7 +342,9 @@ def test_recipes_train_at_least_their_steps_on_any_size(recipe: str, images: int
     if stretched.epochs > config.epochs:  # no more epochs than needed
         assert (stretched.epochs - 1) * per_epoch < config.min_steps
         assert f"{stretched.epochs} epochs" in line and f"min_steps {config.min_steps:,}" in line
-        assert line.startswith(f"{recipe}: {RECIPE_BASIS[recipe]}; at {images:,} training images")
+        assert line.startswith(
+            f"{recipe}: {basis(recipe, precision)}; at {images:,} training images"
+        )
     else:
         assert stretched == config
     # epochs-based settings keep their share of training, and the run evaluates as often
@@ -384,7 +410,7 @@ def test_dry_run_shows_the_resolved_epochs_and_why(
 ) -> None:
     root = write_toml(digit_folder(tmp_path, per_class=40), "mirror = false\n")
     code, out, _ = run_cli(capsys, "train", "--recipe", "quick", "--dataset", "folder",
-                           "--data-dir", str(root), "--dry-run")  # fmt: skip
+                           "--data-dir", str(root), "--precision", "bf16", "--dry-run")  # fmt: skip
     assert code == 0
     assert (
         "# epochs: quick: 6 epochs at 60,000 images; at 120 training images (1 steps of 256), "
@@ -393,7 +419,8 @@ def test_dry_run_shows_the_resolved_epochs_and_why(
     assert "# mirroring off (altflip and flip TTA dropped): folder: " in out
     assert "\nepochs: 1410\n" in out and "\naugment: none\n" in out and "\ntta: false\n" in out
     code, out, _ = run_cli(capsys, "train", "--recipe", "quick", "--dataset", "folder",
-                           "--data-dir", str(root), "--epochs", "6", "--dry-run")  # fmt: skip
+                           "--data-dir", str(root), "--epochs", "6", "--precision", "bf16",
+                           "--dry-run")  # fmt: skip
     assert "\nepochs: 6\n" in out and "\nmin_steps: null\n" in out
 
 
@@ -475,3 +502,86 @@ def test_the_warning_names_the_fix_for_the_data_set(
     else:
         assert len(notes) == 1 and notes[0].endswith(said)
         assert f"from {plain:.2%} (images as they are) to {tta:.2%}" in notes[0]
+
+
+# --- a recipe resolved per CPU class ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_a_recipe_takes_its_fp32_settings_only_where_the_run_computes_in_fp32_on_the_cpu(
+    recipe: str,
+) -> None:
+    plain = {**TrainConfig().to_dict(), **RECIPES[recipe]}
+    assert on_cpu(recipe, "bf16").to_dict() == {**plain, "device": "cpu", "precision": "bf16"}
+    fp32 = on_cpu(recipe, "fp32").to_dict()
+    assert fp32 == {**plain, **RECIPES_FP32.get(recipe, {}), "device": "cpu", "precision": "fp32"}
+    assert recipe_settings(recipe, "fp32", "cuda") == RECIPES[recipe]  # a GPU: one set
+    assert recipe_settings(recipe, "bf16", "cpu") == RECIPES[recipe]
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES_FP32))
+def test_the_fp32_settings_quarter_the_work_and_train_as_many_images(recipe: str) -> None:
+    bf16, fp32 = on_cpu(recipe, "bf16"), on_cpu(recipe, "fp32")
+    assert (fp32.stem_stride, bf16.stem_stride) == (2, 1)
+    assert fp32.min_steps is not None and bf16.min_steps is not None
+    assert fp32.epochs > bf16.epochs  # cheaper steps pay for more epochs
+    assert fp32.lr / fp32.batch_size == pytest.approx(bf16.lr / bf16.batch_size)  # linear rule
+    assert fp32.eval_every == fp32.epochs  # tested once, at the end, as the bf16 settings are
+    assert fp32.channels_last and bf16.channels_last is None
+
+
+@pytest.mark.parametrize(
+    ("env", "native", "fp32"),
+    [({}, True, False), ({}, False, True), ({"ONEDNN_MAX_CPU_ISA": "AVX2"}, True, True),
+     ({"ATEN_CPU_CAPABILITY": "avx2"}, True, True)],
+)  # fmt: skip
+def test_auto_follows_the_cpu_class(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], native: bool, fp32: bool
+) -> None:
+    """`--precision auto` takes the fp32 settings where the CPU has no native bf16, and the
+    variables that cap the kernels at AVX2 count as no native bf16."""
+    for name in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    config_module.cpu_has_native_bf16.cache_clear()
+    flags = "flags : fpu avx2 avx512_bf16\n" if native else "flags : fpu avx2\n"
+    monkeypatch.setattr("resnets.training.runtime.Path.read_text", lambda self: flags)
+    try:
+        assert computes_fp32_on_cpu("auto", "cpu") is fp32
+        assert (make_config("quick", overrides={"device": "cpu"}).stem_stride == 2) is fp32
+        assert computes_fp32_on_cpu("bf16", "cpu") is False
+        assert computes_fp32_on_cpu("fp32", "cpu") is True
+    finally:
+        config_module.cpu_has_native_bf16.cache_clear()
+
+
+def test_flags_and_files_win_over_either_set(tmp_path: Path) -> None:
+    assert on_cpu("quick", "fp32", batch_size=128, stem_stride=1).batch_size == 128
+    assert on_cpu("fast", "fp32", stem_stride=1).stem_stride == 1
+    file = tmp_path / "settings.toml"
+    file.write_text('precision = "fp32"\ndevice = "cpu"\nlr = 0.3\n')
+    from_file = make_config("quick", config_file=file)
+    assert (from_file.stem_stride, from_file.lr, from_file.batch_size) == (2, 0.3, 512)
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES_FP32))
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_the_run_says_which_settings_it_took_and_why(recipe: str, precision: str) -> None:
+    config = on_cpu(recipe, precision)
+    note = recipe_note(recipe, config)
+    assert note is not None and note.startswith(f"recipe {recipe}: its {precision} settings")
+    assert f"{config.epochs} epochs of {config.batch_size}" in note
+    assert ("stride 2" in note) is (precision == "fp32")
+    assert recipe_note("chapter", on_cpu("chapter", precision)) is None  # one set only
+
+
+def test_dry_run_names_the_settings_taken(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_cli(capsys, "train", "--recipe", "fast", "--precision", "fp32",
+                             "--device", "cpu", "--data-dir", str(tmp_path),
+                             "--dry-run")  # fmt: skip
+    assert code == 0, err
+    assert "# recipe fast: its fp32 settings, resnet18 at width 0.25 (small-input stem at " in out
+    assert "\nstem_stride: 2\n" in out and "\nbatch_size: 512\n" in out

@@ -531,14 +531,17 @@ def test_out_of_memory_while_exchanging_gradients_stops_instead_of_retrying(
         assert run.fallback.size == 12  # retried in smaller micro-batches
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
-def test_every_recipe_builds_and_trains_a_few_steps(tmp_path: Path, recipe: str) -> None:
-    """Each recipe's settings validate, build their network and batches, and take two
-    optimizer steps and an evaluation on a small separable set (on the CPU, in fp32, with
-    one short epoch instead of the recipe's length); the loss stays finite."""
+def test_every_recipe_builds_and_trains_a_few_steps(
+    tmp_path: Path, recipe: str, precision: str
+) -> None:
+    """Each recipe's settings, its fp32 and its bf16 ones, validate, build their network and
+    batches, and take two optimizer steps and an evaluation on a small separable set (on the
+    CPU, with one short epoch instead of the recipe's length); the loss stays finite."""
     config = make_config(
         recipe,
-        overrides={"epochs": 1, "device": "cpu", "precision": "fp32", "batch_size": 50,
+        overrides={"epochs": 1, "device": "cpu", "precision": precision, "batch_size": 50,
                    "eval_batch_size": 100, "eval_every": 1, "milestones": ()},
     )  # fmt: skip
     data = synthetic_dataset(n_train=100, n_test=100)

@@ -24,6 +24,7 @@ from resnets.errors import ResnetsError, UsageError, first_line
 from resnets.export import FORMATS, export_network
 from resnets.files import write_atomic
 from resnets.models import create_model, default_input_size, list_models
+from resnets.models.specs import STEM_STRIDES
 from resnets.predict import UNLIKE, Classifier, ImageError, image_files
 from resnets.summary import count_params, format_count, format_summary, summarize
 from resnets.training import (
@@ -37,7 +38,7 @@ from resnets.training import (
 )
 from resnets.training.checkpoint import model_from_checkpoint
 from resnets.training.checkpoint_eval import eval_config
-from resnets.training.config import PRECISIONS, RECIPES
+from resnets.training.config import PRECISIONS, RECIPES, recipe_note
 from resnets.training.factory import nothing_left, preflight, resolve_before_data, resume_config
 from resnets.training.loop import seconds_since_process_start
 from resnets.training.memory import format_bytes, parse_memory_budget
@@ -79,6 +80,7 @@ def _summary(args: argparse.Namespace) -> int:
         in_channels=args.in_channels,
         small_input=args.small_input,
         width=args.width,
+        stem_stride=args.stem_stride,
     )
     if args.image_size is not None and args.input_size is not None:
         raise UsageError("give --image-size N or --input-size C H W, not both")
@@ -137,10 +139,15 @@ def _train(args: argparse.Namespace) -> int:
             log_every=log_every,
         )  # fmt: skip
     elif args.dry_run:
-        config, notes = resolve_before_data(make_config(args.recipe, args.config, settings))
-        return _dry_run(config, "resnets train", notes=notes)
+        config = make_config(args.recipe, args.config, settings)
+        recipe = recipe_note(args.recipe, config) if args.recipe else None
+        config, notes = resolve_before_data(config)
+        return _dry_run(config, "resnets train", notes=([recipe] if recipe else []) + notes)
     else:
         config = make_config(args.recipe, args.config, settings)
+        recipe = recipe_note(args.recipe, config) if args.recipe else None
+        if recipe and not args.quiet and distributed.Dist.from_env().is_main:
+            print(f"note: {recipe}", flush=True)
         trainer = start_trainer(config, quiet=args.quiet, started=started, log_every=log_every)
     trainer.fit()
     distributed.shutdown()  # under torchrun; a process that fails exits without it
@@ -246,8 +253,8 @@ def _bench(args: argparse.Namespace) -> int:
         image_size=args.image_size, batch_size=args.batch_size, precision=args.precision,
         device=args.device, steps=args.steps, warmup=args.warmup,
         channels_last=args.channels_last, compile=args.compile, small_input=args.small_input,
-        width=args.width, dataset=args.dataset, data_dir=args.data_dir,
-        memory_budget=args.memory_budget,
+        stem_stride=args.stem_stride, width=args.width, dataset=args.dataset,
+        data_dir=args.data_dir, memory_budget=args.memory_budget,
     )  # fmt: skip
     if args.dry_run:
         config = bench_config(args.model, **options)
@@ -412,6 +419,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+STEM_STRIDE_HELP = (
+    "stride of the small-input stem's conv: 2 halves every map after it, a quarter of the "
+    "work (with --small-input or a cifar_* model)"
+)
 DRY_RUN_HELP = (
     "check every setting and print them resolved, as YAML (the run folder's config.yaml), "
     "then stop: no data is read and nothing runs. Useful to check a config file or a long "
@@ -451,6 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--num-classes", type=_positive_int, help="classifier outputs")
     summary.add_argument("--in-channels", type=_positive_int, help="input image channels")
     summary.add_argument("--small-input", action="store_true", help="3x3 stride-1 stem, no pool")
+    summary.add_argument("--stem-stride", type=int, default=1, choices=STEM_STRIDES,
+                         help=STEM_STRIDE_HELP)  # fmt: skip
     summary.add_argument("--width", type=float, default=1.0, help="channel width multiplier")
     summary.add_argument("--depth", type=int, default=1, help="1: layers, 2: also each block")
     summary.add_argument("--json", action="store_true", help="print one JSON object")
@@ -466,7 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
         "saves a checkpoint; --resume DIR continues bit for bit.",
     )
     train.add_argument(
-        "--recipe", help=f"named settings: {', '.join(RECIPES)} (see README)"
+        "--recipe", help=f"named settings: {', '.join(RECIPES)} (see README); quick and "
+        "fast have fp32 settings for CPUs without native bf16, chosen by --precision"
     )
     train.add_argument("--config", metavar="FILE", help="settings from a TOML or YAML file")
     train.add_argument("--resume", metavar="DIR", help="continue the run in DIR (or checkpoint)")
@@ -612,6 +626,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="NHWC memory format (default: where faster)")  # fmt: skip
     bench.add_argument("--compile", action="store_true", help="torch.compile the model")
     bench.add_argument("--small-input", action="store_true", help="3x3 stride-1 stem, no pool")
+    bench.add_argument("--stem-stride", type=int, default=1, choices=STEM_STRIDES,
+                       help=STEM_STRIDE_HELP)  # fmt: skip
     bench.add_argument("--width", type=float, default=1.0, help="channel width multiplier")
     bench.add_argument("--dataset", default="fashion-mnist", help="data set (fashion-mnist)")
     bench.add_argument("--data-dir", help="where the data set is")

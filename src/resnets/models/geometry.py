@@ -20,7 +20,9 @@ def _halved(side: int) -> int:
     return (side + 1) // 2
 
 
-def map_sides(name: str, image_size: int, small_input: bool = False) -> tuple[int, ...]:
+def map_sides(
+    name: str, image_size: int, small_input: bool = False, stem_stride: int = 1
+) -> tuple[int, ...]:
     """The side of the stem's output map and of each stage's, for a square input of
     `image_size` pixels (width, channels and classes change none of them)."""
     if name not in MODEL_SPECS:
@@ -29,6 +31,8 @@ def map_sides(name: str, image_size: int, small_input: bool = False) -> tuple[in
     side = image_size
     if spec.stem == "imagenet" and not small_input:
         side = _halved(_halved(side))  # the 7x7 stride-2 convolution, then the max pool
+    elif stem_stride == 2:
+        side = _halved(side)  # the small-input stem's 3x3 convolution at stride 2
     sides = [side]
     for index in range(len(spec.layers)):
         if index > 0:
@@ -37,30 +41,35 @@ def map_sides(name: str, image_size: int, small_input: bool = False) -> tuple[in
     return tuple(sides)
 
 
-def fewest_training_images(name: str, image_size: int, small_input: bool = False) -> int:
+def fewest_training_images(
+    name: str, image_size: int, small_input: bool = False, stem_stride: int = 1
+) -> int:
     """The fewest images a training-mode forward pass can take: 2 where the last map is 1x1
     (BatchNorm needs more than one value per channel), else 1."""
-    return 2 if map_sides(name, image_size, small_input)[-1] == 1 else 1
+    return 2 if map_sides(name, image_size, small_input, stem_stride)[-1] == 1 else 1
 
 
-def smallest_side_for_one_image(name: str, small_input: bool = False) -> int:
-    """The smallest input side whose last map is larger than 1x1, so one image can train."""
-    stride = 2 ** (len(map_sides(name, 1, small_input)) - 2)
+def smallest_side_for_one_image(name: str, small_input: bool = False, stem_stride: int = 1) -> int:
+    """The smallest input side whose last map is larger than 1x1, so one image can train: one
+    more than the network's total stride, since every stride-2 layer rounds up."""
+    stride = 2 ** (len(map_sides(name, 1, small_input, stem_stride)) - 2)
     if MODEL_SPECS[name].stem == "imagenet" and not small_input:
         stride *= 4
+    elif stem_stride == 2:
+        stride *= 2
     return stride + 1
 
 
 def check_training_batch(
-    name: str, image_size: int, small_input: bool, images: int, what: str
+    name: str, image_size: int, small_input: bool, images: int, what: str, stem_stride: int = 1
 ) -> None:
     """Raise UsageError (one line) when a training-mode pass of `images` images cannot run:
     `what` names the setting that gave the number, e.g. "batch size 1"."""
-    fewest = fewest_training_images(name, image_size, small_input)
+    fewest = fewest_training_images(name, image_size, small_input, stem_stride)
     if images >= fewest:
         return
     raise UsageError(
         f"{name} at {image_size}px ends in a 1x1 map, so BatchNorm needs at least {fewest} "
         f"images per training pass, not {what}; use {fewest} or more, or an image size of "
-        f"{smallest_side_for_one_image(name, small_input)} or more"
+        f"{smallest_side_for_one_image(name, small_input, stem_stride)} or more"
     )

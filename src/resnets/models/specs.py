@@ -81,7 +81,10 @@ MODEL_SPECS: dict[str, ModelSpec] = {
 }
 
 # Options a caller may set on any named model (beyond in_channels and num_classes).
-MODEL_OPTIONS = ("small_input", "width", "zero_init_residual", "shortcut", "stride_on")
+MODEL_OPTIONS = (
+    "small_input", "width", "zero_init_residual", "shortcut", "stride_on", "stem_stride",
+)  # fmt: skip
+STEM_STRIDES = (1, 2)
 
 
 class UnknownModelError(UsageError):
@@ -90,6 +93,18 @@ class UnknownModelError(UsageError):
     def __init__(self, name: str) -> None:
         given = repr(name) if len(repr(name)) <= 60 else f"{repr(name)[:57]}..."
         super().__init__(f"unknown model {given}; choose one of: {', '.join(MODEL_SPECS)}")
+
+
+def check_stem_stride(name: str, small_input: bool, stem_stride: object) -> None:
+    """Raise UsageError (one line) unless `stem_stride` fits the network's stem: 1 always; 2
+    only where the stem is the small-input one (a CIFAR network's, or any with small_input)."""
+    if type(stem_stride) is not int or stem_stride not in STEM_STRIDES:
+        raise UsageError(f"stem_stride must be 1 or 2, not {stem_stride!r}")
+    if stem_stride != 1 and not small_input and MODEL_SPECS[name].stem != "cifar":
+        raise UsageError(
+            f"stem_stride {stem_stride} applies to the small-input stem, and {name} has the "
+            "ImageNet stem (7x7 conv and max pool, already stride 4); add --small-input"
+        )
 
 
 def list_models(pattern: str | None = None) -> list[str]:
@@ -132,8 +147,9 @@ def create_model(
             networks, 10 and 1 for the chapter's, 10 and 3 for the CIFAR ones).
         small_input: use the 3x3 stride-1 stem without max pool, for 28x28 or 32x32 images.
         width: multiplies every channel count (0.5 halves the network's width).
-        options: `zero_init_residual`, `shortcut` ("A", "B", "C") and, for bottlenecks,
-            `stride_on` ("3x3" or "1x1").
+        options: `zero_init_residual`, `shortcut` ("A", "B", "C"), `stem_stride` (2 halves
+            the small-input stem's maps: a quarter of the work, for fast training at 28-32px)
+            and, for bottlenecks, `stride_on` ("3x3" or "1x1").
         in_chans: timm's name for `in_channels`.
 
     Weights to start from are the use layer's: `resnets.create_model(name, pretrained=...)`
@@ -165,6 +181,7 @@ def _build(
     if not (isinstance(width, int | float) and math.isfinite(width) and width > 0):
         raise UsageError(f"width must be a finite positive number, not {width}")
     spec = MODEL_SPECS[name]
+    check_stem_stride(name, small_input, options.get("stem_stride", 1))
     if "stride_on" in options and spec.block != "bottleneck":
         raise UsageError(f"stride_on applies to bottleneck networks only, not {name}")
     expansion = 4 if spec.block.endswith("bottleneck") else 1

@@ -14,14 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from resnets.data.batches import parse_augment
 from resnets.data.datasets import check_data_dir, get_entry
 from resnets.errors import UsageError, shown
 from resnets.models.geometry import check_training_batch, fewest_training_images
-from resnets.models.specs import MODEL_SPECS, UnknownModelError
+from resnets.models.specs import MODEL_SPECS, UnknownModelError, check_stem_stride
 from resnets.training.memory import parse_memory_budget
+from resnets.training.runtime import cpu_has_native_bf16, cpu_kernels
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -89,6 +91,10 @@ class TrainConfig:
     )
     image_size: int = _setting(96, "side of the square input (28 keeps the native size)")
     small_input: bool = _setting(False, "3x3 stride-1 stem without max pool (for 28-32px)")
+    stem_stride: int = _setting(
+        1, "stride of the small-input stem's 3x3 conv: 2 halves every map after it (a quarter "
+        "of the work, for fast training at 28-32px; the fp32 quick and fast recipes use it)"
+    )
     width: float = _setting(1.0, "channel width multiplier of the model")
     zero_init_residual: bool = _setting(False, "start each block's last BN gamma at zero")
     precision: str = _setting(
@@ -219,6 +225,7 @@ class TrainConfig:
             raise UsageError(f"milestones must be in increasing order: {self.milestones}")
         if self.model not in MODEL_SPECS:
             raise UnknownModelError(self.model)
+        check_stem_stride(self.model, self.small_input, self.stem_stride)
         self._check_batch_trains()
         parse_augment(self.augment)
         get_entry(self.dataset)
@@ -237,7 +244,9 @@ class TrainConfig:
         map is 1x1 and its BatchNorm trains, else 1."""
         if self.freeze_backbone:
             return 1
-        return fewest_training_images(self.model, self.image_size, self.small_input)
+        return fewest_training_images(
+            self.model, self.image_size, self.small_input, self.stem_stride
+        )
 
     def _check_batch_trains(self) -> None:
         """Refuse a batch (or micro-batch) too small for BatchNorm at this image size, before
@@ -248,7 +257,8 @@ class TrainConfig:
         for what, images in (("batch size", self.batch_size), ("micro-batch", self.micro_batch)):
             if images is not None:
                 check_training_batch(
-                    self.model, self.image_size, self.small_input, images, f"{what} {images}"
+                    self.model, self.image_size, self.small_input, images, f"{what} {images}",
+                    self.stem_stride,
                 )
 
     def to_dict(self) -> dict[str, Any]:
@@ -297,13 +307,83 @@ RECIPES: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 
-# The epochs and training images each recipe's min_steps was counted at (235 batches of 256 make
-# an epoch of Fashion-MNIST's 60,000 images; cifar-paper stops at the paper's 64k iterations).
+# Where a run computes in fp32 on a CPU (no native bf16: AVX2 laptops, AMD Zen 2 and 3, many
+# cloud machines), a step costs about three times what it does in native bf16, so these replace
+# some of the recipe's settings: the small-input stem at stride 2 (a quarter of the work per
+# image), batches of 512 at twice the learning rate for more epochs, and channels-last (oneDNN's
+# fp32 kernels ran these small maps faster in NHWC). BENCHMARKS.md, "Fast on
+# every CPU", has the trials that chose them. With native bf16 (or on a GPU) the recipe is as
+# above.
+RECIPES_FP32: dict[str, dict[str, Any]] = {
+    "quick": {
+        "stem_stride": 2, "epochs": 9, "batch_size": 512, "lr": 0.4, "eval_every": 9,
+        "min_steps": 9 * 118, "channels_last": True,
+    },
+    "fast": {
+        "stem_stride": 2, "epochs": 18, "batch_size": 512, "lr": 0.4, "eval_every": 18,
+        "min_steps": 18 * 118, "channels_last": True,
+    },
+}  # fmt: skip
+
+
+# The epochs and training images each recipe's min_steps was counted at (235 batches of 256, or
+# 118 of 512, make an epoch of Fashion-MNIST's 60,000 images; cifar-paper stops at the paper's
+# 64k iterations).
 RECIPE_BASIS: dict[str, str] = {
     "chapter": "5 epochs at 60,000 images", "quick": "6 epochs at 60,000 images",
     "fast": "12 epochs at 60,000 images", "best": "50 epochs at 60,000 images",
     "cifar-paper": "64k iterations at 50,000 images",
 }  # fmt: skip
+RECIPE_BASIS_FP32: dict[str, str] = {
+    "quick": "9 epochs at 60,000 images, in fp32", "fast": "18 epochs at 60,000 images, in fp32",
+}  # fmt: skip
+
+
+def computes_fp32_on_cpu(precision: str, device: str) -> bool:
+    """Whether a run with these settings will compute in fp32 on the CPU, decided without
+    touching a device: `auto` is the CPU where no CUDA or MPS device is, and fp32 there where
+    the CPU has no native bf16 (as `Runtime.resolve` decides)."""
+    if device == "auto":
+        gpu = torch.cuda.is_available() or torch.backends.mps.is_available()
+        on_cpu = not gpu
+    else:
+        on_cpu = device == "cpu"
+    if not on_cpu:
+        return False
+    return precision == "fp32" or (precision == "auto" and not cpu_has_native_bf16())
+
+
+def recipe_settings(name: str, precision: str = "auto", device: str = "auto") -> dict[str, Any]:
+    """A recipe's settings for a run at this precision on this device: its fp32 ones
+    (RECIPES_FP32) where the run computes in fp32 on the CPU."""
+    if name not in RECIPES:
+        raise UsageError(f"unknown recipe {name!r}; choose one of: {', '.join(RECIPES)}")
+    extra = RECIPES_FP32.get(name, {}) if computes_fp32_on_cpu(precision, device) else {}
+    return {**RECIPES[name], **extra}
+
+
+def recipe_note(name: str, config: TrainConfig) -> str | None:
+    """One line saying which of a recipe's settings a CPU run took and why; None for a recipe
+    that has one set only, or a run off the CPU."""
+    if name not in RECIPES_FP32:
+        return None
+    fp32 = computes_fp32_on_cpu(config.precision, config.device)
+    if not fp32 and not computes_fp32_on_cpu("fp32", config.device):
+        return None  # not on the CPU
+    stem = " (small-input stem at stride 2)" if config.stem_stride == 2 else ""
+    what = (
+        f"{config.model} at width {config.width:g}{stem}, {config.image_size}px, "
+        f"{config.epochs} epochs of {config.batch_size}"
+    )
+    if fp32:
+        return (
+            f"recipe {name}: its fp32 settings, {what}, since this run computes in fp32 on the "
+            f"CPU (--precision {config.precision}; {cpu_kernels()})"
+        )
+    return (
+        f"recipe {name}: its bf16 settings, {what}, since this run computes in bf16 on the CPU "
+        f"({cpu_kernels()}); in fp32 it would take its fp32 settings"
+    )
 
 
 def steps_per_epoch(train_images: int, batch_size: int) -> int:
@@ -325,8 +405,9 @@ def stretch_to_min_steps(config: TrainConfig, train_images: int) -> tuple[TrainC
     if config.min_steps is None:
         return config, f"{config.epochs} epochs {at}: {steps:,} steps (no min_steps)"
     basis = next(
-        (f"{name}: {RECIPE_BASIS[name]}; " for name, settings in RECIPES.items()
-         if settings.get("min_steps") == config.min_steps and name in RECIPE_BASIS), "",
+        (f"{name}: {bases[name]}; " for table, bases in _recipe_bases()
+         for name, settings in table.items()
+         if settings.get("min_steps") == config.min_steps and name in bases), "",
     )  # fmt: skip
     needed = -(-config.min_steps // per_epoch)
     if needed <= config.epochs:
@@ -345,6 +426,10 @@ def stretch_to_min_steps(config: TrainConfig, train_images: int) -> tuple[TrainC
         f"{config.min_steps:,} instead of {config.epochs} ({steps:,} steps); give --epochs to "
         "choose yourself"
     )
+
+
+def _recipe_bases() -> tuple[tuple[dict[str, dict[str, Any]], dict[str, str]], ...]:
+    return ((RECIPES, RECIPE_BASIS), (RECIPES_FP32, RECIPE_BASIS_FP32))
 
 
 def field_names() -> list[str]:
@@ -415,15 +500,17 @@ def make_config(
     """Defaults, then a recipe, then a file, then explicit overrides (None values are skipped).
 
     Epochs given by the file or the overrides drop the recipe's `min_steps` (unless they give
-    one too): the user's number of epochs is the one trained."""
+    one too): the user's number of epochs is the one trained. A recipe's settings are those
+    for the precision and device the file and overrides choose (`recipe_settings`)."""
     settings: dict[str, Any] = {}
-    if recipe is not None:
-        if recipe not in RECIPES:
-            raise UsageError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
-        settings.update(RECIPES[recipe])
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     if config_file is not None:
         given = {**read_config_file(config_file), **given}
+    if recipe is not None:
+        precision, device = given.get("precision", "auto"), given.get("device", "auto")
+        if not (isinstance(precision, str) and isinstance(device, str)):
+            precision = device = "auto"  # validate() names the bad setting
+        settings.update(recipe_settings(recipe, precision, device))
     settings.update(given)
     if "epochs" in given and "min_steps" not in given:
         settings["min_steps"] = None  # epochs the user chose win over a recipe's minimum

@@ -168,12 +168,19 @@ def fit_to_data(config: TrainConfig, spec: DataSpec, quiet: bool = False) -> Tra
     return fitted
 
 
+def stem_option(config: TrainConfig) -> dict[str, Any]:
+    """`stem_stride` where it is not the usual 1: left out otherwise, so a checkpoint's
+    `model_kwargs` stay as they were before the option existed."""
+    return {} if config.stem_stride == 1 else {"stem_stride": config.stem_stride}
+
+
 def model_kwargs(config: TrainConfig, spec: DataSpec) -> dict[str, Any]:
     """The keyword arguments of `create_model` for this run: they go into every checkpoint."""
     return {
         "in_channels": spec.channels, "num_classes": spec.num_classes,
         "small_input": config.small_input, "width": config.width,
         "zero_init_residual": config.zero_init_residual,
+        **stem_option(config),
     }  # fmt: skip
 
 
@@ -190,6 +197,7 @@ def preflight(config: TrainConfig, precision: str) -> str:
         "num_classes": None if spec is None else spec.num_classes,
         "small_input": config.small_input, "width": config.width,
         "zero_init_residual": config.zero_init_residual,
+        **stem_option(config),
     }  # fmt: skip
     channels = default_input_size(config.model)[0] if spec is None else spec.channels
     side = config.image_size

@@ -361,7 +361,8 @@ def plan_memory(
         if training:
             model.train()
             least = fewest_training_images(
-                model_name, shape[-1], model_kwargs.get("small_input", False)
+                model_name, shape[-1], model_kwargs.get("small_input", False),
+                model_kwargs.get("stem_stride", 1),
             )
             chosen, step_cost = largest_measured(
                 lambda n: _step_probe(model, runtime, shape, classes, n), batch_size, fixed, 0,
