@@ -30,7 +30,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from resnets.training.config import RECIPES
+from resnets.training.config import recipe_settings
 from resnets.training.runtime import cpu_has_native_bf16, cpu_kernels
 
 HERE = Path(__file__).resolve().parent
@@ -80,13 +80,17 @@ def train_gflop(figures: dict[str, Any]) -> float:
 
 
 def fast_net_options(args: argparse.Namespace) -> list[str]:
-    """`resnets bench` options for the `fast` recipe's network, from the recipe itself."""
-    recipe = RECIPES["fast"]
+    """`resnets bench` options for the `fast` recipe's network, from the recipe itself: the
+    settings a run on this CPU takes (its fp32 ones where bf16 is not native here)."""
+    recipe = recipe_settings("fast", "auto", "cpu")
     options = [f"--model={recipe['model']}", f"--width={recipe['width']}",
                f"--image-size={recipe['image_size']}", f"--batch-size={args.batch_size}",
-               f"--steps={args.steps}", f"--warmup={args.warmup}"]  # fmt: skip
+               f"--steps={args.steps}", f"--warmup={args.warmup}",
+               f"--stem-stride={recipe.get('stem_stride', 1)}"]  # fmt: skip
     if recipe.get("small_input"):
         options.append("--small-input")
+    if recipe.get("channels_last") is not None:
+        options.append("--channels-last" if recipe["channels_last"] else "--no-channels-last")
     if args.data_dir:
         options += ["--data-dir", args.data_dir]
     return options

@@ -17,6 +17,8 @@ import sys
 import pytest
 import torch
 
+from resnets.training import make_config
+from resnets.training.config import RECIPES_FP32, recipe_note
 from resnets.training.runtime import cpu_has_native_bf16, resolve_precision
 
 from helpers import ROOT, timeout
@@ -42,12 +44,17 @@ def capped() -> bool:
 
 
 def test_the_capped_kernels_are_the_ones_running() -> None:
-    """Under the caps ATen reports AVX2 and auto picks fp32 with NCHW; otherwise nothing to do."""
+    """Under the caps ATen reports AVX2, auto picks fp32, and the recipes take their fp32
+    settings; otherwise nothing to do."""
     if not capped():
         pytest.skip("runs inside the AVX2 pass (ATEN_CPU_CAPABILITY=avx2)")
     assert torch.backends.cpu.get_cpu_capability() == "AVX2"
     assert not cpu_has_native_bf16()
     assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    for recipe in RECIPES_FP32:
+        config = make_config(recipe, overrides={"device": "cpu"})
+        note = recipe_note(recipe, config) or ""
+        assert config.stem_stride == 2 and note.startswith(f"recipe {recipe}: its fp32 settings")
 
 
 @pytest.mark.slow
