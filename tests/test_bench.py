@@ -55,7 +55,7 @@ def test_bench_text(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*TINY_BENCH, "--steps", "1", "--precision", "fp32", "--no-onnx"]) == 0
     out = capsys.readouterr().out
     assert f"cpu ({torch.backends.cpu.get_cpu_capability()} kernels, " in out.splitlines()[0]
-    assert "bf16) fp32 NCHW" in out and "images/s" in out and "GFLOP/s achieved" in out
+    assert "bf16) fp32 channels-last" in out and "images/s" in out and "GFLOP/s achieved" in out
     assert "BatchNorm as trained" in out and "BatchNorm folded" in out and "eval onnx" in out
 
 

@@ -54,4 +54,4 @@ def test_native_bf16_read_from_the_cpu_flags(
     assert runtime.cpu_has_native_bf16() is native
     expected = "bf16" if native else "fp32"
     assert runtime.resolve_precision("auto", torch.device("cpu")) == expected
-    assert runtime.resolve_channels_last(None, torch.device("cpu"), expected) is native
+    assert runtime.resolve_channels_last(None, torch.device("cpu"), expected) is True

@@ -100,7 +100,9 @@ class TrainConfig:
     precision: str = _setting(
         "auto", "auto: bf16 where native (CUDA, AVX-512 BF16/AMX CPUs)", PRECISIONS
     )
-    channels_last: bool | None = _setting(None, "NHWC memory format (default: on where faster)")
+    channels_last: bool | None = _setting(
+        None, "NHWC memory format (default: on, faster on CPUs and CUDA GPUs; off on MPS)"
+    )
     compile: bool = _setting(False, "torch.compile the model")
     sync_bn: bool = _setting(
         False, "under torchrun, BatchNorm statistics over the whole batch of all processes "
@@ -310,19 +312,18 @@ RECIPES: dict[str, dict[str, Any]] = {
 # Where a run computes in fp32 on a CPU (no native bf16: AVX2 laptops, AMD Zen 2 and 3, many
 # cloud machines), a step costs about three times what it does in native bf16, so these replace
 # some of the recipe's settings: the small-input stem at stride 2 (a quarter of the work per
-# image), batches of 512 at twice the learning rate for more epochs, and channels-last (oneDNN's
-# fp32 kernels ran these small maps faster in NHWC); `fast` mirrors in alternate epochs, as
-# `quick` does, which gained 0.3 points over random flips in 18 epochs. BENCHMARKS.md, "Fast on
-# every CPU", has the trials that chose them. With native bf16 (or on a GPU) the recipe is as
-# above.
+# image) and batches of 512 at twice the learning rate for more epochs; `fast` mirrors in
+# alternate epochs, as `quick` does, which gained 0.3 points over random flips in 18 epochs.
+# BENCHMARKS.md, "Fast on every CPU", has the trials that chose them. With native bf16 (or on
+# a GPU) the recipe is as above.
 RECIPES_FP32: dict[str, dict[str, Any]] = {
     "quick": {
         "stem_stride": 2, "epochs": 9, "batch_size": 512, "lr": 0.4, "eval_every": 9,
-        "min_steps": 9 * 118, "channels_last": True,
+        "min_steps": 9 * 118,
     },
     "fast": {
         "stem_stride": 2, "epochs": 18, "batch_size": 512, "lr": 0.4, "eval_every": 18,
-        "min_steps": 18 * 118, "channels_last": True, "augment": "altflip",
+        "min_steps": 18 * 118, "augment": "altflip",
     },
 }  # fmt: skip
 

@@ -109,10 +109,12 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def resolve_channels_last(channels_last: bool | None, device: torch.device, precision: str) -> bool:
-    """NHWC is faster for convolutions on CUDA and for oneDNN's bf16 kernels on the CPU."""
+    """NHWC is faster for convolutions on CUDA, and on the CPU for oneDNN's bf16 and fp32
+    kernels alike, on AVX-512 and AVX2 (BENCHMARKS.md, "Fast on every CPU": 1.1-1.25x in fp32
+    training). `precision` is kept for callers; no precision changes the choice today."""
     if channels_last is not None:
         return channels_last
-    return device.type == "cuda" or (device.type == "cpu" and precision == "bf16")
+    return device.type in ("cuda", "cpu")
 
 
 # glibc's mallopt parameters (malloc.h).
