@@ -49,7 +49,13 @@ def squares_run(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     from helpers import TINY, synthetic_dataset
 
     run = tmp_path_factory.mktemp("squares") / "run"
-    config = make_config(overrides={**TINY, "epochs": 3, "schedule": "onecycle"})
+    # NCHW, the layout this run was trained in before channels-last became the CPU's default:
+    # what it learns to look at depends on training's rounding. Trained channels-last, the same
+    # run also classified every test image right, but its Grad-CAM maps were hotter over the
+    # square for 32 of 40 images (40 in NCHW) and peaked there for 20 (36): see test_explain.
+    config = make_config(
+        overrides={**TINY, "epochs": 3, "schedule": "onecycle", "channels_last": False}
+    )
     trainer = build_trainer(
         config, data=synthetic_dataset(), run_dir=run, quiet=True, log=lambda _: None
     )

@@ -59,7 +59,9 @@ def test_train_then_eval(
     # the wait for the memory probes is announced before it starts
     assert lines[1].startswith("note: planning memory: probing training steps of up to 50 ")
     assert lines[2].startswith("note: memory: the whole batch of 50 fits;")
-    assert lines[3].startswith("training cifar_resnet20 on fashion-mnist on cpu (fp32)")
+    assert lines[3].startswith(
+        "training cifar_resnet20 on fashion-mnist on cpu (fp32, channels-last)"
+    )
     assert "images, 1 channel (grey), at 16px" in lines[3]
     assert (
         lines[4].startswith("epoch 1, loss ") and "test acc" in lines[4] and "images/s" in lines[4]
