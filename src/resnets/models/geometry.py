@@ -51,13 +51,10 @@ def fewest_training_images(
 
 def smallest_side_for_one_image(name: str, small_input: bool = False, stem_stride: int = 1) -> int:
     """The smallest input side whose last map is larger than 1x1, so one image can train: one
-    more than the network's total stride, since every stride-2 layer rounds up."""
-    stride = 2 ** (len(map_sides(name, 1, small_input, stem_stride)) - 2)
-    if MODEL_SPECS[name].stem == "imagenet" and not small_input:
-        stride *= 4
-    elif stem_stride == 2:
-        stride *= 2
-    return stride + 1
+    more than the network's total stride (every stride-2 layer rounds up), read off `map_sides`
+    at a side that every layout divides exactly."""
+    side = 2**12
+    return side // map_sides(name, side, small_input, stem_stride)[-1] + 1
 
 
 def check_training_batch(
