@@ -147,3 +147,19 @@ def test_plan_peaks_tabulates_planned_against_measured(
     assert cells[5] == "the whole batch of 8 fits" and cells[-1] == "0"  # none killed
     assert "MiB" in cells[6] and "MiB" in cells[7]  # planned, and measured in both runs
     assert 0.1 < float(cells[8]) < 2
+
+
+def test_small_map_times_each_way_and_leaves_the_path_as_it_was(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small_map = script("small_map", monkeypatch)
+    in_bf16 = small_map.conv._in_bf16
+    name = "fast/quick fp32 net, 28px"
+    monkeypatch.setattr(sys, "argv", ["small_map.py", "--steps", "1", "--networks", name])
+    small_map.main()
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(f"| {name}")]
+    assert [row.split("|")[2].strip() for row in rows] == (
+        ["fp32", "bf16"] if small_map.cpu_has_native_bf16() else ["fp32"]
+    )
+    assert all(row.count("x, ") == 1 for row in rows)  # the ratios, train and eval
+    assert small_map.conv._in_bf16 is in_bf16  # the fp32 override is undone

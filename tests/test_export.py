@@ -3,6 +3,7 @@ computes, on any batch size; never over a file that is not ours; one line per fa
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 from pathlib import Path
@@ -122,14 +123,15 @@ def conv_targets(program: torch.export.ExportedProgram) -> list[str]:
 
 def test_the_tiny_map_path_stays_out_of_the_exported_program(tmp_path: Path) -> None:
     # At 8 px cifar_resnet20's last stage has 2x2 maps: our Conv2d computes them on the CPU
-    # as a stack of shifted copies and one matrix product, which an export must not keep.
+    # in bf16 as a stack of shifted copies and one matrix product, which an export must not
+    # keep (a bf16 copy shows the check below can see it).
     source, network = weights_file(tmp_path, 1, image_size=8)
     raw = create_model(network.model_name, **network.model_kwargs).eval()
     convs = sum(isinstance(m, torch.nn.Conv2d) for m in raw.modules())
     assert any(type(m) is Conv2d for m in raw.modules())
     x = images(network, 2, 8)
-    traced = torch.export.export(raw, (x,))
-    assert "aten.stack.default" in conv_targets(traced)  # the check below can see it
+    traced = torch.export.export(copy.deepcopy(raw).to(torch.bfloat16), (x.to(torch.bfloat16),))
+    assert "aten.stack.default" in conv_targets(traced)
 
     program = torch.export.load(export_network(source, "pt2").path)
     targets = conv_targets(program)

@@ -15,7 +15,7 @@ from resnets.data import FASHION_MNIST
 from resnets.errors import UsageError
 from resnets.models import MODEL_SPECS
 from resnets.models.blocks import BasicBlock, Bottleneck, PadShortcut, PreActBlock, PreActBottleneck
-from resnets.models.conv import Conv2d
+from resnets.models.conv import SMALL_MAP, Conv2d
 from resnets.summary import count_params, summarize
 from resnets.training import make_config
 from resnets.training.factory import model_kwargs
@@ -323,16 +323,18 @@ def test_bad_names_and_options() -> None:
     "size,stride,bias", [(3, 1, False), (6, 2, True), (1, 1, True), (5, 2, False), (8, 1, True)]
 )
 def test_small_map_conv_matches_nn_conv2d(size: int, stride: int, bias: bool) -> None:
-    """The matrix-product path for tiny maps (3x3 output or less) gives nn.Conv2d's results."""
+    """The matrix-product path for tiny maps (3x3 output or less) gives nn.Conv2d's results,
+    forward and backward (run in fp32 here to compare closely; forward takes it in bf16)."""
     torch.manual_seed(0)
     ours = Conv2d(16, 24, 3, stride=stride, padding=1, bias=bias)
     plain = nn.Conv2d(16, 24, 3, stride=stride, padding=1, bias=bias)
     plain.load_state_dict(ours.state_dict())
     x = torch.randn(4, 16, size, size).contiguous(memory_format=torch.channels_last)
     x.requires_grad_()
-    taken = ours._as_matmul_fits(x)
-    assert taken == (size <= 6), "only maps of at most 3x3 output take the matmul path"
-    y, y_plain = ours(x), plain(x)
+    fits = ours._as_matmul_fits(x)
+    assert fits == (size <= 6), "only maps of at most 3x3 output take the matmul path"
+    y = ours._forward_as_matmul(x) if fits else ours(x)
+    y_plain = plain(x)
     torch.testing.assert_close(y, y_plain, rtol=1e-5, atol=1e-5)
     assert y.is_contiguous(memory_format=torch.channels_last)
     grad = torch.randn_like(y)
@@ -342,15 +344,29 @@ def test_small_map_conv_matches_nn_conv2d(size: int, stride: int, bias: bool) ->
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_small_map_conv_under_bf16_autocast() -> None:
-    torch.manual_seed(0)
-    conv = Conv2d(32, 32, 3, padding=1)
-    x = torch.randn(8, 32, 3, 3)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+@pytest.mark.parametrize("precision", ["fp32", "bf16 autocast", "bf16 input"])
+@pytest.mark.parametrize("size", [3, 4])
+def test_small_map_path_only_in_bf16(
+    precision: str, size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CPU takes the matrix-product path for a tiny map in bf16 only: in fp32 oneDNN's own
+    kernels are faster (BENCHMARKS.md), and maps over SMALL_MAP pixels never take it."""
+    taken: list[bool] = []
+    original = Conv2d._forward_as_matmul
+
+    def spy(self: Conv2d, x: torch.Tensor) -> torch.Tensor:
+        taken.append(True)
+        return original(self, x)
+
+    monkeypatch.setattr(Conv2d, "_forward_as_matmul", spy)
+    conv = Conv2d(8, 8, 3, padding=1)
+    x = torch.randn(2, 8, size, size)
+    if precision == "bf16 input":
+        conv, x = conv.to(torch.bfloat16), x.to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16 autocast"):
         y = conv(x)
-        reference = F.conv2d(x, conv.weight, conv.bias, padding=1)
-    assert y.dtype == reference.dtype == torch.bfloat16
-    torch.testing.assert_close(y.float(), reference.float(), rtol=0.02, atol=0.05)
+    assert y.shape == (2, 8, size, size)
+    assert bool(taken) == (precision != "fp32" and size * size <= SMALL_MAP)
 
 
 # ---- the small-input stem at stride 2 (the fp32 quick and fast recipes' network) --------------

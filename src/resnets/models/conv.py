@@ -1,4 +1,4 @@
-"""A convolution that computes tiny feature maps on the CPU as one matrix product."""
+"""A convolution that computes tiny feature maps on the CPU in bf16 as one matrix product."""
 
 from __future__ import annotations
 
@@ -8,24 +8,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Output maps of at most this many pixels take the matrix-product path on the CPU.
+# Output maps of at most this many pixels take the matrix-product path on the CPU in bf16.
 SMALL_MAP = 9
 
 
 class Conv2d(nn.Conv2d):
     """`nn.Conv2d` (same parameters, state-dict keys and results up to rounding) that, on the
-    CPU, computes an output map of at most SMALL_MAP pixels as a single matrix product.
+    CPU in bf16, computes an output map of at most SMALL_MAP pixels as a single matrix product.
 
-    Written by hand because it is measurably faster: oneDNN's convolution kernels slow down on
-    maps of a few pixels. On the 2-core benchmark machine in bf16, d2l_resnet18's layer4 at
-    96x96 input (3x3 maps, 512 channels) took 126 ms per forward and backward pass there, a
-    quarter of a training step; gathering the k*k shifted copies of the input (an im2col
-    done with slices, cheap at this size) and multiplying once took 40 ms. On larger maps
-    oneDNN wins, so they keep the ordinary path, as does every other device.
+    Written by hand because it is measurably faster there: oneDNN's bf16 convolution kernels
+    slow down on maps of a few pixels, and gathering the k*k shifted copies of the input (an
+    im2col done with slices, cheap at this size) and multiplying once beats them on
+    d2l_resnet18's 3x3 layer4 maps. In fp32 oneDNN's kernels are the faster ones on AVX2 and
+    AVX-512 alike (the slicing's backward costs more than it saves), so fp32 keeps the
+    ordinary path, as do larger maps and every other device. Measured in BENCHMARKS.md
+    ("The small-map convolution, by precision").
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and x.dim() == 4 and self._as_matmul_fits(x):
+        if x.device.type == "cpu" and x.dim() == 4 and _in_bf16(x) and self._as_matmul_fits(x):
             return self._forward_as_matmul(x)
         return super().forward(x)
 
@@ -64,6 +65,13 @@ class Conv2d(nn.Conv2d):
         weight = self.weight.permute(0, 2, 3, 1).reshape(self.out_channels, kh * kw * c)
         out = F.linear(columns, weight, self.bias)  # autocast runs it in bf16 like a conv
         return out.view(n, oh, ow, self.out_channels).permute(0, 3, 1, 2)  # channels-last
+
+
+def _in_bf16(x: torch.Tensor) -> bool:
+    """Whether a CPU convolution of `x` computes in bf16: a bf16 input, or under bf16 autocast."""
+    if x.dtype == torch.bfloat16:
+        return True
+    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
 def plain_convs(model: nn.Module) -> nn.Module:
