@@ -10,6 +10,8 @@ Times vary on shared machines: compare ratios taken in the same run.
 
     python benchmarks/compare.py                      # d2l_resnet18, 96x96, batch 256
     python benchmarks/compare.py --steps 10 --json out.json
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
+        python benchmarks/compare.py                  # an AVX2-only CPU's kernels
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from resnets.training.config import recipe_settings
 from resnets.training.runtime import cpu_has_native_bf16, cpu_kernels
 
 HERE = Path(__file__).resolve().parent
+# The variables that cap the kernels' instruction set (to time an AVX2 CPU's on another).
+CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 
 
 def run_json(command: list[str]) -> dict[str, Any]:
@@ -156,15 +160,20 @@ def main() -> None:
         ("train GFLOP/s", reference["train_images_per_sec"] * gflop,
          ours["train_images_per_sec"] * gflop),
     ]  # fmt: skip
+    capped = any(os.environ.get(name) for name in CAPS)
     if ours.get("eval_onnx_images_per_sec"):  # onnxruntime, float32, on the same batches
         rows.insert(
-            2, ("eval, onnxruntime", reference["eval_images_per_sec"],
+            2, ("eval, onnxruntime" + (" *" if capped else ""), reference["eval_images_per_sec"],
                 ours["eval_onnx_images_per_sec"]),
         )  # fmt: skip
     print(f"| {'':18} | {'reference':>10} | {'resnets':>10} | {'ratio':>6} |")
     print(f"|{'-' * 20}|{'-' * 11}:|{'-' * 11}:|{'-' * 6}:|")
     for name, ref, new in rows:
         print(f"| {name:18} | {ref:10.1f} | {new:10.1f} | {new / ref:5.2f}x |")
+    if capped and ours.get("eval_onnx_images_per_sec"):
+        print("* onnxruntime chooses its own kernels: the caps above do not reach it")
+    if capped and not os.environ.get("MKL_ENABLE_INSTRUCTIONS"):
+        print("note: MKL_ENABLE_INSTRUCTIONS is not set, so matrix products run MKL's best kernels")
     for name, found in probes.items():
         shown = ", ".join(f"{probe} {rate:.0f}" for probe, rate in found.items())
         print(f"peak {name}: {peaks[name]:.0f} GFLOP/s, the best of {shown}")

@@ -34,8 +34,9 @@ import torch
 from resnets.data import write_idx
 from resnets.training.memory import _cgroup_mounts, format_bytes, parse_memory_budget
 
-# The environment that makes oneDNN and ATen run their AVX2 kernels on an AVX-512 machine.
-ISAS = {"native": {}, "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}}
+# The environment that makes oneDNN, ATen and MKL run their AVX2 kernels on an AVX-512 machine.
+AVX2_CAPS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+ISAS = {"native": {}, "avx2": {**AVX2_CAPS, "MKL_ENABLE_INSTRUCTIONS": "AVX2"}}
 
 # model, image size, precision, extra settings: the chapter's network at its size and at 224,
 # torchvision layouts at small widths, a CIFAR network.
