@@ -30,10 +30,10 @@ from resnets.training.runtime import cpu_has_native_bf16, cpu_kernels
 
 # name: (model, options, batch, side); the fp32 and bf16 recipes' networks and the chapter's
 NETWORKS: dict[str, tuple[str, dict[str, Any], int, int]] = {
-    "fast/quick fp32 net, 28px": (
+    "quick and fp32 fast net, 28px": (
         "resnet18", {"small_input": True, "width": 0.25, "stem_stride": 2}, 512, 28,
     ),
-    "fast/quick bf16 net, 28px": ("resnet18", {"small_input": True, "width": 0.25}, 256, 28),
+    "bf16 fast net, 28px": ("resnet18", {"small_input": True, "width": 0.25}, 256, 28),
     "d2l_resnet18, 96px": ("d2l_resnet18", {}, 256, 96),
 }  # fmt: skip
 

@@ -154,7 +154,7 @@ def test_small_map_times_each_way_and_leaves_the_path_as_it_was(
 ) -> None:
     small_map = script("small_map", monkeypatch)
     in_bf16 = small_map.conv._in_bf16
-    name = "fast/quick fp32 net, 28px"
+    name = "quick and fp32 fast net, 28px"
     monkeypatch.setattr(sys, "argv", ["small_map.py", "--steps", "1", "--networks", name])
     small_map.main()
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(f"| {name}")]

@@ -369,7 +369,7 @@ def test_small_map_path_only_in_bf16(
     assert bool(taken) == (precision != "fp32" and size * size <= SMALL_MAP)
 
 
-# ---- the small-input stem at stride 2 (the fp32 quick and fast recipes' network) --------------
+# ---- the small-input stem at stride 2 (the network of quick, and of fast in fp32) -------------
 
 
 # one network of each block kind and stem; test_matrix checks every network's map sides

@@ -413,11 +413,11 @@ def test_dry_run_shows_the_resolved_epochs_and_why(
                            "--data-dir", str(root), "--precision", "bf16", "--dry-run")  # fmt: skip
     assert code == 0
     assert (
-        "# epochs: quick: 6 epochs at 60,000 images; at 120 training images (1 steps of 256), "
-        "1410 epochs (1,410 steps) to reach min_steps 1,410 instead of 6 (6 steps)"
-    ) in out.replace("1,410 epochs", "1410 epochs")
+        "# epochs: quick: 9 epochs at 60,000 images; at 120 training images (1 steps of 512), "
+        "1062 epochs (1,062 steps) to reach min_steps 1,062 instead of 9 (9 steps)"
+    ) in out.replace("1,062 epochs", "1062 epochs")
     assert "# mirroring off (altflip and flip TTA dropped): folder: " in out
-    assert "\nepochs: 1410\n" in out and "\naugment: none\n" in out and "\ntta: false\n" in out
+    assert "\nepochs: 1062\n" in out and "\naugment: none\n" in out and "\ntta: false\n" in out
     code, out, _ = run_cli(capsys, "train", "--recipe", "quick", "--dataset", "folder",
                            "--data-dir", str(root), "--epochs", "6", "--precision", "bf16",
                            "--dry-run")  # fmt: skip
@@ -553,7 +553,7 @@ def test_auto_follows_the_cpu_class(
     monkeypatch.setattr("resnets.training.runtime.Path.read_text", read_text)
     try:
         assert computes_fp32_on_cpu("auto", "cpu") is fp32
-        assert (make_config("quick", overrides={"device": "cpu"}).stem_stride == 2) is fp32
+        assert (make_config("fast", overrides={"device": "cpu"}).stem_stride == 2) is fp32
         assert computes_fp32_on_cpu("bf16", "cpu") is False
         assert computes_fp32_on_cpu("fp32", "cpu") is True
     finally:
@@ -565,7 +565,7 @@ def test_flags_and_files_win_over_either_set(tmp_path: Path) -> None:
     assert on_cpu("fast", "fp32", stem_stride=1).stem_stride == 1
     file = tmp_path / "settings.toml"
     file.write_text('precision = "fp32"\ndevice = "cpu"\nlr = 0.3\n')
-    from_file = make_config("quick", config_file=file)
+    from_file = make_config("fast", config_file=file)
     assert (from_file.stem_stride, from_file.lr, from_file.batch_size) == (2, 0.3, 512)
 
 

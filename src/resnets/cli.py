@@ -479,8 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
         "saves a checkpoint; --resume DIR continues bit for bit.",
     )
     train.add_argument(
-        "--recipe", help=f"named settings: {', '.join(RECIPES)} (see README); quick and "
-        "fast have fp32 settings for CPUs without native bf16, chosen by --precision"
+        "--recipe", help=f"named settings: {', '.join(RECIPES)} (see README); fast has "
+        "fp32 settings for CPUs without native bf16, chosen by --precision"
     )
     train.add_argument("--config", metavar="FILE", help="settings from a TOML or YAML file")
     train.add_argument("--resume", metavar="DIR", help="continue the run in DIR (or checkpoint)")
