@@ -33,11 +33,9 @@ import torch
 import torch.nn.functional as F
 
 from resnets.training.config import recipe_settings
-from resnets.training.runtime import cpu_has_native_bf16, cpu_kernels
+from resnets.training.runtime import AVX2_KERNELS, cpu_has_native_bf16, cpu_kernels
 
 HERE = Path(__file__).resolve().parent
-# The variables that cap the kernels' instruction set (to time an AVX2 CPU's on another).
-CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 
 
 def run_json(command: list[str]) -> dict[str, Any]:
@@ -160,7 +158,7 @@ def main() -> None:
         ("train GFLOP/s", reference["train_images_per_sec"] * gflop,
          ours["train_images_per_sec"] * gflop),
     ]  # fmt: skip
-    capped = any(os.environ.get(name) for name in CAPS)
+    capped = any(os.environ.get(name) for name in AVX2_KERNELS)
     if ours.get("eval_onnx_images_per_sec"):  # onnxruntime, float32, on the same batches
         rows.insert(
             2, ("eval, onnxruntime" + (" *" if capped else ""), reference["eval_images_per_sec"],

@@ -33,10 +33,9 @@ import torch
 
 from resnets.data import write_idx
 from resnets.training.memory import _cgroup_mounts, format_bytes, parse_memory_budget
+from resnets.training.runtime import AVX2_KERNELS
 
-# The environment that makes oneDNN, ATen and MKL run their AVX2 kernels on an AVX-512 machine.
-AVX2_CAPS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
-ISAS = {"native": {}, "avx2": {**AVX2_CAPS, "MKL_ENABLE_INSTRUCTIONS": "AVX2"}}
+ISAS = {"native": {}, "avx2": AVX2_KERNELS}
 
 # model, image size, precision, extra settings: the chapter's network at its size and at 224,
 # torchvision layouts at small widths, a CIFAR network.

@@ -19,17 +19,11 @@ import torch
 
 from resnets.training import make_config
 from resnets.training.config import RECIPES_FP32, recipe_note
-from resnets.training.runtime import cpu_has_native_bf16, resolve_precision
+from resnets.training.runtime import AVX2_KERNELS, cpu_has_native_bf16, resolve_precision
 
 from helpers import ROOT, timeout
 
-# MKL (matrix products: the classifier, bf16 small maps) has its own cap; without it MKL runs
-# its AVX-512 code under the other two.
-AVX2 = {
-    "ATEN_CPU_CAPABILITY": "avx2",
-    "ONEDNN_MAX_CPU_ISA": "AVX2",
-    "MKL_ENABLE_INSTRUCTIONS": "AVX2",
-}
+AVX2 = AVX2_KERNELS
 
 # Numerics, precision and layout choices, the training step and its memory plan, export.
 CPU_DEPENDENT = [

@@ -67,6 +67,13 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+# The environment that runs ATen's, oneDNN's and MKL's AVX2 kernels on any x86 CPU: how an
+# AVX-512 machine stands in for an AVX2-only one (MKL reads only its own variable; nothing
+# caps onnxruntime, which picks its kernels itself).
+AVX2_KERNELS: dict[str, str] = {
+    "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+}  # fmt: skip
+
 # oneDNN's instruction-set caps (ONEDNN_MAX_CPU_ISA) under which it has no native bf16 kernel,
 # and ATen's (ATEN_CPU_CAPABILITY): either set to these runs the AVX2 kernels on any CPU.
 _NO_BF16_ISAS = {"sse41", "avx", "avx2", "avx2_vnni", "avx512_core", "avx512_core_vnni"}
