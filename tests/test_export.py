@@ -117,6 +117,26 @@ def test_pt2_round_trip_on_two_batch_sizes(tmp_path: Path, channels: int) -> Non
             assert torch.allclose(program.module()(x), model(x), atol=1e-5)
 
 
+def test_the_pooled_stem_exports_at_an_odd_side(tmp_path: Path) -> None:
+    """fast's fp32 network (its stem's stride 2 taken by a ceil-mode max pool, a BatchNorm after
+    the pool that cannot be folded) exports to ONNX and agrees at 29 px, where ceil mode makes
+    the pool keep a last, partial window."""
+    torch.manual_seed(0)
+    kwargs = {"width": 0.25, "in_channels": 1, "num_classes": 10, "small_input": True,
+              "stem_stride": 2, "stem_pool": True}  # fmt: skip
+    model = create_model("resnet18", **kwargs)
+    network = TrainedNetwork("resnet18", kwargs, FASHION_MNIST.spec, 29, model.state_dict(), Path())
+    source = save_safetensors(network, tmp_path / "pooled.safetensors")
+    result = export_network(source, "onnx", tmp_path / "pooled.onnx")
+    assert result.max_abs_diff < 1e-4
+    session = onnxruntime.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    x = images(network, 3, 29)
+    (logits,) = session.run(["logits"], {"images": x.numpy()})
+    with torch.no_grad():
+        assert (torch.from_numpy(logits) - network.build()(x)).abs().max() < 1e-4
+    assert "MaxPool" in {node.op_type for node in onnx.load(str(result.path)).graph.node}
+
+
 def conv_targets(program: torch.export.ExportedProgram) -> list[str]:
     return [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
 

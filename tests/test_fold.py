@@ -42,12 +42,15 @@ def expected_left(model: nn.Module) -> int:
     final one and each block's first (its input is a sum, or a max pool's output), except where
     that input is a bare stem convolution that only this BatchNorm reads (the CIFAR
     pre-activation bottleneck network: no stem BatchNorm, and a first block whose shortcut
-    projects the normalised input)."""
+    projects the normalised input). A pooled stem (stem_pool) leaves the BatchNorm after its max
+    pool, the stem's own or the first block's."""
+    pooled = hasattr(model, "stem_pool")
     if not getattr(model, "preact", False):
-        return 0
+        return int(pooled)
     blocks = [block for stage in model.stages() for block in stage]  # type: ignore[operator]
     first_foldable = not hasattr(model, "bn1") and blocks[0].downsample is not None
-    return len(blocks) - int(first_foldable) + 1
+    stem_left = hasattr(model, "bn1") and pooled
+    return len(blocks) - int(first_foldable and not pooled) + 1 + int(stem_left)
 
 
 # The deepest networks repeat the blocks of cifar_resnet110 and cifar_preact_resnet164, which
@@ -57,10 +60,24 @@ def expected_left(model: nn.Module) -> int:
 DEEPEST = {"cifar_resnet1202", "cifar_preact_resnet1001"}
 
 
-@pytest.mark.parametrize("name", list_models())
-def test_folded_equals_unfolded(name: str) -> None:
+# the pooled stem (its BatchNorm after a max pool) on one network of each block kind
+POOLED = ("resnet18", "resnet50", "preact_resnet18", "cifar_resnet20", "cifar_preact_resnet164")
+
+
+def fold_cases() -> list[object]:
+    plain = [pytest.param(name, {}, id=name) for name in list_models()]
+    pooled = {"stem_stride": 2, "stem_pool": True}
+    return plain + [
+        pytest.param(name, {**pooled, "small_input": not name.startswith("cifar")},
+                     id=f"{name}-stem-pool")
+        for name in POOLED
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "options"), fold_cases())
+def test_folded_equals_unfolded(name: str, options: dict[str, object]) -> None:
     torch.manual_seed(0)
-    model = create_model(name, width=0.25, num_classes=7)
+    model = create_model(name, width=0.25, num_classes=7, **options)
     folded = fold_batchnorm(model)
     norms = [m for m in folded.modules() if isinstance(m, nn.BatchNorm2d)]
     assert len(norms) == expected_left(model)

@@ -266,33 +266,41 @@ def check_on_meta(case: Case, spec: DataSpec, fewest: int) -> None:
 GEOMETRY_SIZES = (1, 2, 3, 4, 5, 7, 8, 9, 12, 16, 17, 28, 32, 33, 64, 65, 97)
 
 
-def stems(model: str) -> list[tuple[bool, int]]:
-    """Every stem a network can have: its own, the small-input one, and the small-input one
-    at stride 2 (a CIFAR network's own stem is the small-input one)."""
+def stems(model: str) -> list[tuple[bool, int, bool]]:
+    """Every stem a network can have, as (small_input, stem_stride, stem_pool): its own, the
+    small-input one, and the small-input one at stride 2 by its conv or by a max pool (a CIFAR
+    network's own stem is the small-input one)."""
     cifar = MODEL_SPECS[model].stem == "cifar"
-    return [(False, 1), (False, 2)] if cifar else [(False, 1), (True, 1), (True, 2)]
+    own = [(False, 1, False)] if cifar else [(False, 1, False), (True, 1, False)]
+    return [*own, (not cifar, 2, False), (not cifar, 2, True)]
 
 
-def geometry_params() -> list[object]:
-    cheap = (("d2l_resnet18", False, 1), ("cifar_resnet20", False, 1), ("resnet18", True, 2))
+def geometry_params(pooled: bool = True) -> list[object]:
+    """One case per network and stem; the pooled stems only with `pooled` (the geometry's
+    functions take the stride alone: a pooled stem must give the maps of the stride-2 conv)."""
+    cheap = (("d2l_resnet18", False, 1, False), ("cifar_resnet20", False, 1, False),
+             ("resnet18", True, 2, False), ("resnet18", True, 2, True))
     return [
-        pytest.param(model, small, stride,
-                     id=f"{model}{'-small' if small else ''}{'-s2' if stride == 2 else ''}",
-                     marks=() if (model, small, stride) in cheap else (pytest.mark.slow,))
-        for model in list_models() if model not in DEEPEST for small, stride in stems(model)
+        pytest.param(model, small, stride, pool,
+                     id=f"{model}{'-small' if small else ''}{'-s2' if stride == 2 else ''}"
+                        f"{'-pool' if pool else ''}",
+                     marks=() if (model, small, stride, pool) in cheap else (pytest.mark.slow,))
+        for model in list_models() if model not in DEEPEST
+        for small, stride, pool in stems(model) if pooled or not pool
     ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("model", "small_input", "stem_stride"), geometry_params())
+@pytest.mark.parametrize(("model", "small_input", "stem_stride", "stem_pool"), geometry_params())
 def test_map_sides_are_those_of_a_real_forward_pass(
-    model: str, small_input: bool, stem_stride: int
+    model: str, small_input: bool, stem_stride: int, stem_pool: bool
 ) -> None:
     """`map_sides` (from the spec row) against the network's own maps, in eval mode at width
     1/16, at odd and even sides around each halving, for every stem. (cifar_resnet1202 and
     cifar_preact_resnet1001 share their stem and strides with cifar_resnet20 and
     cifar_preact_resnet164, checked here, and differ only in blocks per stage.)"""
     network = create_model(
-        model, width=0.0625, small_input=small_input, stem_stride=stem_stride
+        model, width=0.0625, small_input=small_input, stem_stride=stem_stride,
+        stem_pool=stem_pool,
     ).eval()
     for size in GEOMETRY_SIZES:
         with torch.no_grad():
@@ -301,9 +309,11 @@ def test_map_sides_are_those_of_a_real_forward_pass(
         assert tuple(m.shape[-1] for m in maps.values()) == sides
 
 
-@pytest.mark.parametrize(("model", "small_input", "stem_stride"), geometry_params())
+@pytest.mark.parametrize(
+    ("model", "small_input", "stem_stride", "stem_pool"), geometry_params(pooled=False)
+)
 def test_the_smallest_side_for_one_image_is_the_edge(
-    model: str, small_input: bool, stem_stride: int
+    model: str, small_input: bool, stem_stride: int, stem_pool: bool
 ) -> None:
     """The side the refusal suggests is the first that lets one image train, and one pixel
     less needs two: the suggestion is neither too cautious nor wrong, for every stem."""

@@ -16,6 +16,7 @@ from resnets.errors import UsageError
 from resnets.models import MODEL_SPECS
 from resnets.models.blocks import BasicBlock, Bottleneck, PadShortcut, PreActBlock, PreActBottleneck
 from resnets.models.conv import SMALL_MAP, Conv2d
+from resnets.models.resnet import ResNet
 from resnets.summary import count_params, summarize
 from resnets.training import make_config
 from resnets.training.factory import model_kwargs
@@ -393,6 +394,54 @@ def test_stem_stride_2_halves_every_map_and_keeps_the_weights(name: str) -> None
         sides_two = [m.shape[-1] for m in two.forward_stages(x).values()]
         assert two(x).shape == one(x).shape
     assert sides_two == [(s + 1) // 2 for s in sides_one]
+
+
+@pytest.mark.parametrize("name", STEM_KINDS)
+def test_stem_pool_halves_as_stride_2_does_with_the_same_weights(name: str) -> None:
+    """The pooled stem (fast in fp32): its conv at stride 1, then the 2x2 max pool, then its
+    BN-ReLU where it has one; every map the size of the stride-2 stem's at odd and even sides
+    (ceil mode), and the stride-2 network's state dict loads as it is."""
+    small = MODEL_SPECS[name].stem != "cifar"
+    two = resnets.create_model(name, small_input=small, width=0.0625, stem_stride=2).eval()
+    pooled = resnets.create_model(
+        name, small_input=small, width=0.0625, stem_stride=2, stem_pool=True
+    ).eval()
+    assert pooled.conv1.stride == (1, 1) and two.conv1.stride == (2, 2)
+    pooled.load_state_dict(two.state_dict())
+    for side in (15, 16, 28, 29):
+        x = torch.rand(2, pooled.in_channels, side, side)
+        with torch.no_grad():
+            sides = [m.shape[-1] for m in pooled.forward_stages(x).values()]
+            assert sides == [m.shape[-1] for m in two.forward_stages(x).values()]
+            by_hand = F.max_pool2d(pooled.conv1(x), 2, 2, ceil_mode=True)
+            if hasattr(pooled, "bn1"):
+                by_hand = pooled.relu(pooled.bn1(by_hand))
+            assert torch.equal(pooled.stem(x), by_hand)
+            assert not torch.allclose(pooled(x), two(x))  # the two stems differ
+
+
+def test_stem_pool_is_refused_without_stride_2() -> None:
+    with pytest.raises(UsageError, match="stem_pool takes .* add --stem-stride 2"):
+        resnets.create_model("resnet18", small_input=True, stem_pool=True)
+    with pytest.raises(UsageError, match="stem_pool must be true or false"):
+        resnets.create_model("resnet18", small_input=True, stem_stride=2, stem_pool=1)
+    with pytest.raises(UsageError, match="add --stem-stride 2"):
+        make_config(overrides={"model": "cifar_resnet20", "stem_pool": True})
+    with pytest.raises(ValueError, match="stem_pool takes the stem's stride 2"):
+        ResNet("basic", (1,), (8,), stem="cifar", stem_pool=True)
+
+
+def test_stem_pool_reaches_the_checkpoint_and_summary(capsys: pytest.CaptureFixture[str]) -> None:
+    overrides = {"model": "resnet18", "small_input": True, "stem_stride": 2, "stem_pool": True}
+    kwargs = model_kwargs(make_config(overrides=overrides), FASHION_MNIST.spec)
+    assert (kwargs["stem_stride"], kwargs["stem_pool"]) == (2, True)
+    del overrides["stem_pool"]
+    assert "stem_pool" not in model_kwargs(make_config(overrides=overrides), FASHION_MNIST.spec)
+    code, out, err = run_cli(capsys, "summary", "resnet18", "--small-input", "--stem-stride",
+                             "2", "--stem-pool", "--image-size", "29", "--json")  # fmt: skip
+    assert code == 0, err
+    layers = {row["name"]: row["output_shape"][-1] for row in json.loads(out)["layers"]}
+    assert (layers["conv1"], layers["stem_pool"], layers["bn1"]) == (29, 15, 15)
 
 
 def test_stem_stride_is_refused_where_it_cannot_apply() -> None:

@@ -81,6 +81,7 @@ def _summary(args: argparse.Namespace) -> int:
         small_input=args.small_input,
         width=args.width,
         stem_stride=args.stem_stride,
+        stem_pool=args.stem_pool,
     )
     if args.image_size is not None and args.input_size is not None:
         raise UsageError("give --image-size N or --input-size C H W, not both")
@@ -253,7 +254,8 @@ def _bench(args: argparse.Namespace) -> int:
         image_size=args.image_size, batch_size=args.batch_size, precision=args.precision,
         device=args.device, steps=args.steps, warmup=args.warmup,
         channels_last=args.channels_last, compile=args.compile, small_input=args.small_input,
-        stem_stride=args.stem_stride, width=args.width, dataset=args.dataset,
+        stem_stride=args.stem_stride, stem_pool=args.stem_pool, width=args.width,
+        dataset=args.dataset,
         data_dir=args.data_dir, memory_budget=args.memory_budget,
     )  # fmt: skip
     if args.dry_run:
@@ -423,6 +425,7 @@ STEM_STRIDE_HELP = (
     "stride of the small-input stem's conv: 2 halves every map after it, a quarter of the "
     "work (with --small-input or a cifar_* model)"
 )
+STEM_POOL_HELP = "take --stem-stride 2 with a 2x2 max pool after the stem's conv (stride 1)"
 DRY_RUN_HELP = (
     "check every setting and print them resolved, as YAML (the run folder's config.yaml), "
     "then stop: no data is read and nothing runs. Useful to check a config file or a long "
@@ -464,6 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--small-input", action="store_true", help="3x3 stride-1 stem, no pool")
     summary.add_argument("--stem-stride", type=int, default=1, choices=STEM_STRIDES,
                          help=STEM_STRIDE_HELP)  # fmt: skip
+    summary.add_argument("--stem-pool", action="store_true", help=STEM_POOL_HELP)
     summary.add_argument("--width", type=float, default=1.0, help="channel width multiplier")
     summary.add_argument("--depth", type=int, default=1, help="1: layers, 2: also each block")
     summary.add_argument("--json", action="store_true", help="print one JSON object")
@@ -628,6 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--small-input", action="store_true", help="3x3 stride-1 stem, no pool")
     bench.add_argument("--stem-stride", type=int, default=1, choices=STEM_STRIDES,
                        help=STEM_STRIDE_HELP)  # fmt: skip
+    bench.add_argument("--stem-pool", action="store_true", help=STEM_POOL_HELP)
     bench.add_argument("--width", type=float, default=1.0, help="channel width multiplier")
     bench.add_argument("--dataset", default="fashion-mnist", help="data set (fashion-mnist)")
     bench.add_argument("--data-dir", help="where the data set is")

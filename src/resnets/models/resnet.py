@@ -53,8 +53,11 @@ class ResNet(nn.Module):
         stem: "imagenet" (7x7 stride-2 conv, 3x3 stride-2 max pool: for 96px and up) or
             "cifar" (3x3 stride-1 conv, no pool: for 28-32px images).
         stem_width: channels produced by the stem.
-        stem_stride: stride of the "cifar" stem's 3x3 conv: 1 (the usual), or 2, which halves
-            every map after it and so quarters the work, for fast training on small images.
+        stem_stride: stride of the "cifar" stem: 1 (the usual), or 2, which halves every map
+            after it and so quarters the work, for fast training on small images.
+        stem_pool: take the "cifar" stem's stride 2 with a 2x2 max pool (ceil mode, so the
+            maps are the same sizes) between its conv, which then runs at stride 1, and its
+            BN-ReLU: the conv sees every pixel position, and the BN runs on the pooled map.
         stem_norm: BN-ReLU after the stem conv (pre-activation CIFAR networks have none; their
             first block normalises).
         bias: convolutions carry biases (the chapter's network).
@@ -74,6 +77,7 @@ class ResNet(nn.Module):
         stem: Stem = "imagenet",
         stem_width: int = 64,
         stem_stride: int = 1,
+        stem_pool: bool = False,
         stem_norm: bool = True,
         bias: bool = False,
         init: Literal["kaiming", "xavier"] = "kaiming",
@@ -91,6 +95,8 @@ class ResNet(nn.Module):
             raise ValueError(f"stem_stride must be 1 or 2, not {stem_stride!r}")
         if stem_stride != 1 and stem != "cifar":
             raise ValueError("stem_stride applies to the small-input ('cifar') stem only")
+        if type(stem_pool) is not bool or (stem_pool and stem_stride != 2):
+            raise ValueError(f"stem_pool takes the stem's stride 2, not {stem_pool!r}")
         for name, value in (("in_channels", in_channels), ("num_classes", num_classes)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, not {value!r}")
@@ -104,8 +110,11 @@ class ResNet(nn.Module):
             self.conv1 = nn.Conv2d(in_channels, stem_width, 7, stride=2, padding=3, bias=bias)
         else:
             self.conv1 = nn.Conv2d(
-                in_channels, stem_width, 3, stride=stem_stride, padding=1, bias=bias
+                in_channels, stem_width, 3, stride=1 if stem_pool else stem_stride, padding=1,
+                bias=bias,
             )
+        if stem_pool:
+            self.stem_pool = nn.MaxPool2d(2, stride=2, ceil_mode=True)
         if stem_norm:
             self.bn1 = nn.BatchNorm2d(stem_width)
             self.relu = nn.ReLU(inplace=True)
@@ -148,6 +157,8 @@ class ResNet(nn.Module):
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)
+        if hasattr(self, "stem_pool"):  # pooled before the BN: a quarter of its work
+            x = self.stem_pool(x)
         if hasattr(self, "bn1"):
             x = self.relu(self.bn1(x))
         if hasattr(self, "maxpool"):

@@ -83,6 +83,7 @@ MODEL_SPECS: dict[str, ModelSpec] = {
 # Options a caller may set on any named model (beyond in_channels and num_classes).
 MODEL_OPTIONS = (
     "small_input", "width", "zero_init_residual", "shortcut", "stride_on", "stem_stride",
+    "stem_pool",
 )  # fmt: skip
 STEM_STRIDES = (1, 2)
 
@@ -95,15 +96,25 @@ class UnknownModelError(UsageError):
         super().__init__(f"unknown model {given}; choose one of: {', '.join(MODEL_SPECS)}")
 
 
-def check_stem_stride(name: str, small_input: bool, stem_stride: object) -> None:
+def check_stem(
+    name: str, small_input: bool, stem_stride: object, stem_pool: object = False
+) -> None:
     """Raise UsageError (one line) unless `stem_stride` fits the network's stem: 1 always; 2
-    only where the stem is the small-input one (a CIFAR network's, or any with small_input)."""
+    only where the stem is the small-input one (a CIFAR network's, or any with small_input).
+    `stem_pool` (a bool) takes that stride 2 with a max pool, so it needs stem_stride 2."""
     if type(stem_stride) is not int or stem_stride not in STEM_STRIDES:
         raise UsageError(f"stem_stride must be 1 or 2, not {stem_stride!r}")
     if stem_stride != 1 and not small_input and MODEL_SPECS[name].stem != "cifar":
         raise UsageError(
             f"stem_stride {stem_stride} applies to the small-input stem, and {name} has the "
             "ImageNet stem (7x7 conv and max pool, already stride 4); add --small-input"
+        )
+    if type(stem_pool) is not bool:
+        raise UsageError(f"stem_pool must be true or false, not {stem_pool!r}")
+    if stem_pool and stem_stride != 2:
+        raise UsageError(
+            "stem_pool takes the small-input stem's stride 2 with a max pool; add --stem-stride 2 "
+            "(or --no-stem-pool)"
         )
 
 
@@ -148,8 +159,9 @@ def create_model(
         small_input: use the 3x3 stride-1 stem without max pool, for 28x28 or 32x32 images.
         width: multiplies every channel count (0.5 halves the network's width).
         options: `zero_init_residual`, `shortcut` ("A", "B", "C"), `stem_stride` (2 halves
-            the small-input stem's maps: a quarter of the work, for fast training at 28-32px)
-            and, for bottlenecks, `stride_on` ("3x3" or "1x1").
+            the small-input stem's maps: a quarter of the work, for fast training at 28-32px),
+            `stem_pool` (True: that stride 2 by a 2x2 max pool after the stem's conv) and, for
+            bottlenecks, `stride_on` ("3x3" or "1x1").
         in_chans: timm's name for `in_channels`.
 
     Weights to start from are the use layer's: `resnets.create_model(name, pretrained=...)`
@@ -181,7 +193,7 @@ def _build(
     if not (isinstance(width, int | float) and math.isfinite(width) and width > 0):
         raise UsageError(f"width must be a finite positive number, not {width}")
     spec = MODEL_SPECS[name]
-    check_stem_stride(name, small_input, options.get("stem_stride", 1))
+    check_stem(name, small_input, options.get("stem_stride", 1), options.get("stem_pool", False))
     if "stride_on" in options and spec.block != "bottleneck":
         raise UsageError(f"stride_on applies to bottleneck networks only, not {name}")
     expansion = 4 if spec.block.endswith("bottleneck") else 1

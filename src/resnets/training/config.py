@@ -21,7 +21,7 @@ from resnets.data.batches import parse_augment
 from resnets.data.datasets import check_data_dir, get_entry
 from resnets.errors import UsageError, shown
 from resnets.models.geometry import check_training_batch, fewest_training_images
-from resnets.models.specs import MODEL_SPECS, UnknownModelError, check_stem_stride
+from resnets.models.specs import MODEL_SPECS, UnknownModelError, check_stem
 from resnets.training.memory import parse_memory_budget
 from resnets.training.runtime import cpu_has_native_bf16, cpu_kernels
 
@@ -94,6 +94,10 @@ class TrainConfig:
     stem_stride: int = _setting(
         1, "stride of the small-input stem's 3x3 conv: 2 halves every map after it (a quarter "
         "of the work, for fast training at 28-32px; quick, and fast in fp32, use it)"
+    )
+    stem_pool: bool = _setting(
+        False, "take the stem's stride 2 with a 2x2 max pool after its conv (which then runs at "
+        "stride 1 and sees every pixel): about a tenth dearer a step (fast in fp32 uses it)"
     )
     width: float = _setting(1.0, "channel width multiplier of the model")
     zero_init_residual: bool = _setting(False, "start each block's last BN gamma at zero")
@@ -227,7 +231,7 @@ class TrainConfig:
             raise UsageError(f"milestones must be in increasing order: {self.milestones}")
         if self.model not in MODEL_SPECS:
             raise UnknownModelError(self.model)
-        check_stem_stride(self.model, self.small_input, self.stem_stride)
+        check_stem(self.model, self.small_input, self.stem_stride, self.stem_pool)
         self._check_batch_trains()
         parse_augment(self.augment)
         get_entry(self.dataset)
@@ -368,7 +372,8 @@ def recipe_note(name: str, config: TrainConfig) -> str | None:
     fp32 = computes_fp32_on_cpu(config.precision, config.device)
     if not fp32 and not computes_fp32_on_cpu("fp32", config.device):
         return None  # not on the CPU
-    stem = " (small-input stem at stride 2)" if config.stem_stride == 2 else ""
+    pooled = " by a max pool" if config.stem_pool else ""
+    stem = f" (small-input stem at stride 2{pooled})" if config.stem_stride == 2 else ""
     what = (
         f"{config.model} at width {config.width:g}{stem}, {config.image_size}px, "
         f"{config.epochs} epochs of {config.batch_size}"

@@ -169,9 +169,10 @@ def fit_to_data(config: TrainConfig, spec: DataSpec, quiet: bool = False) -> Tra
 
 
 def stem_option(config: TrainConfig) -> dict[str, Any]:
-    """`stem_stride` where it is not the usual 1: left out otherwise, so a checkpoint's
-    `model_kwargs` stay as they were before the option existed."""
-    return {} if config.stem_stride == 1 else {"stem_stride": config.stem_stride}
+    """`stem_stride` where it is not the usual 1, and `stem_pool` where it is set: left out
+    otherwise, so a checkpoint's `model_kwargs` stay as they were before the options existed."""
+    stride = {} if config.stem_stride == 1 else {"stem_stride": config.stem_stride}
+    return {**stride, **({"stem_pool": True} if config.stem_pool else {})}
 
 
 def model_kwargs(config: TrainConfig, spec: DataSpec) -> dict[str, Any]:
