@@ -562,7 +562,9 @@ def test_auto_follows_the_cpu_class(
 
 def test_flags_and_files_win_over_either_set(tmp_path: Path) -> None:
     assert on_cpu("quick", "fp32", batch_size=128, stem_stride=1).batch_size == 128
-    assert on_cpu("fast", "fp32", stem_stride=1).stem_stride == 1
+    assert on_cpu("fast", "fp32", stem_stride=1, stem_pool=False).stem_stride == 1
+    with pytest.raises(UsageError, match="add --stem-stride 2 \\(or --no-stem-pool\\)"):
+        on_cpu("fast", "fp32", stem_stride=1)  # fp32 fast's pooled stem needs its stride 2
     file = tmp_path / "settings.toml"
     file.write_text('precision = "fp32"\ndevice = "cpu"\nlr = 0.3\n')
     from_file = make_config("fast", config_file=file)
@@ -577,6 +579,7 @@ def test_the_run_says_which_settings_it_took_and_why(recipe: str, precision: str
     assert note is not None and note.startswith(f"recipe {recipe}: its {precision} settings")
     assert f"{config.epochs} epochs of {config.batch_size}" in note
     assert ("stride 2" in note) is (precision == "fp32")
+    assert ("by a max pool" in note) is config.stem_pool
     assert recipe_note("chapter", on_cpu("chapter", precision)) is None  # one set only
 
 
@@ -588,4 +591,4 @@ def test_dry_run_names_the_settings_taken(
                              "--dry-run")  # fmt: skip
     assert code == 0, err
     assert "# recipe fast: its fp32 settings, resnet18 at width 0.25 (small-input stem at " in out
-    assert "\nstem_stride: 2\n" in out and "\nbatch_size: 512\n" in out
+    assert "\nstem_stride: 2\nstem_pool: true\n" in out and "\nbatch_size: 512\n" in out
