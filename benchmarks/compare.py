@@ -81,16 +81,18 @@ def train_gflop(figures: dict[str, Any]) -> float:
     return 6 * figures["macs_per_image"] / 1e9
 
 
-def fast_net_options(args: argparse.Namespace) -> list[str]:
-    """`resnets bench` options for the `fast` recipe's network, from the recipe itself: the
-    settings a run on this CPU takes (its fp32 ones where bf16 is not native here)."""
-    recipe = recipe_settings("fast", "auto", "cpu")
+def fast_net_options(args: argparse.Namespace, recipe: dict[str, Any] | None = None) -> list[str]:
+    """`resnets bench` options for the `fast` recipe's network, from the recipe itself: by
+    default the settings a run on this CPU takes (its fp32 ones where bf16 is not native)."""
+    recipe = recipe_settings("fast", "auto", "cpu") if recipe is None else recipe
     options = [f"--model={recipe['model']}", f"--width={recipe['width']}",
                f"--image-size={recipe['image_size']}", f"--batch-size={args.batch_size}",
                f"--steps={args.steps}", f"--warmup={args.warmup}",
                f"--stem-stride={recipe.get('stem_stride', 1)}"]  # fmt: skip
     if recipe.get("small_input"):
         options.append("--small-input")
+    if recipe.get("stem_pool"):
+        options.append("--stem-pool")
     if recipe.get("channels_last") is not None:
         options.append("--channels-last" if recipe["channels_last"] else "--no-channels-last")
     if args.data_dir:

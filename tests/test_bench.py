@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import subprocess
@@ -10,8 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from resnets.cli import main
+from resnets.training.config import TrainConfig, recipe_settings
 from resnets.training.runtime import cpu_has_native_bf16
 
 from helpers import ROOT, timeout
@@ -99,3 +102,22 @@ def test_side_by_side_script(tmp_path: Path) -> None:
         probes = figures["peak_probes_gflops"][dtype]
         assert set(probes) == {"matmul 2048", "matmul 4096", "conv3x3 64ch 24px"}
         assert figures["peak_gflops"][dtype] == max(probes.values()) > 0
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_side_by_side_times_the_fast_recipes_own_network(
+    precision: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every setting that shapes the `fast` recipe's network reaches `resnets bench` (the
+    pooled stem of its fp32 settings was once left out, timing the strided one instead)."""
+    spec = importlib.util.spec_from_file_location("compare", ROOT / "benchmarks" / "compare.py")
+    assert spec is not None and spec.loader is not None
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    recipe = recipe_settings("fast", precision, "cpu")
+    args = argparse.Namespace(batch_size=8, steps=1, warmup=0, data_dir=None)
+    assert main(["bench", *compare.fast_net_options(args, recipe), "--dry-run"]) == 0
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    defaults = TrainConfig()
+    for key in ("model", "width", "image_size", "small_input", "stem_stride", "stem_pool"):
+        assert resolved[key] == recipe.get(key, getattr(defaults, key)), key
