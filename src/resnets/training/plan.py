@@ -41,8 +41,10 @@ from resnets.training.memory import (
 from resnets.training.runtime import (
     Runtime,
     autocast,
+    keep_freed_host_memory,
     peak_memory_bytes,
     release_freed_host_memory,
+    return_freed_host_memory,
 )
 
 MARGIN = 0.85  # the share of the headroom a planned step may take
@@ -53,13 +55,18 @@ DATA_SHARE = 0.5  # data above this share of the budget is streamed from disk
 # of it where the estimate says they fit, and a cost extrapolated beyond the largest probe
 # is raised by EXTRAPOLATION.
 EXTRAPOLATION = 1.25
-# On the CPU, training and evaluation in one process fragment malloc's heap: the peak resident
-# memory of a whole run exceeded its largest measured step by up to a third (BENCHMARKS.md).
-# Handing the freed heap back between phases (after the probes, around evaluation) removes
-# most of that; what is left, the layout of one step's many micro-batches around gradients
-# and optimizer state that the probe does not hold, is covered by raising measured CPU costs
-# by this factor before the margin is applied.
-HEAP_FRAGMENTATION = 1.2
+# On the CPU the probes measure with freed memory handed back (runtime.return_freed_host_memory),
+# so each large block has its own mapping and a peak is what the step holds: one probe of the
+# chapter's network at 224 px took 0.64 GiB above what was in use, the same in every process.
+# With freed memory kept for speed (runtime.keep_freed_host_memory) the same probe took 1.0 to
+# 1.8 GiB, changing with the heap's layout from run to run, which no single probe can bound.
+# So a plan keeps freed memory only where the whole batch fits with the kept heap's peaks
+# raised by KEPT_HEAP over the exact ones; otherwise memory, not time, is what is short, and
+# the run keeps the exact peaks, paying for page faults in every step. Measured costs are
+# raised by EXACT_FRAGMENTATION for malloc's heap of small blocks (BENCHMARKS.md, "The memory
+# plan, a third time").
+EXACT_FRAGMENTATION = 1.05
+KEPT_HEAP = 2.5
 PROBE_PASSES = 2  # forward and backward passes a CPU training probe makes (see _step_probe)
 ACTIVATION_UPPER = 4.0  # measured peaks stay below this multiple of the meta-device sum
 FLOAT_BYTES = 4
@@ -353,9 +360,10 @@ def plan_memory(
             return room + 1
         if taken is None:  # no way to measure here: trust the upper estimate
             return int(upper * images + params)
-        return int(HEAP_FRAGMENTATION * taken) if runtime.device.type == "cpu" else taken
+        return int(EXACT_FRAGMENTATION * taken) if runtime.device.type == "cpu" else taken
 
     classes = model_kwargs["num_classes"]
+    returned = runtime.device.type == "cpu" and return_freed_host_memory()
     with _buffers_kept(model):
         chosen, step_cost = batch_size, 0
         if training:
@@ -382,13 +390,19 @@ def plan_memory(
         eval_cost += eval_fixed
         model.train(was_training)
     if runtime.device.type == "cpu":
-        # The probes' heap stays resident (keep_freed_host_memory), laid out for them: the
-        # first step would add its own layout on top. Hand it back so each phase starts clean.
+        # What malloc's heap of small blocks kept free after the probes goes back, so the
+        # first step starts from what is in use.
         release_freed_host_memory()
     if current is not None and current <= chosen:
         chosen = current
     micro = None if chosen >= batch_size else chosen
-    taken = max(fixed + step_cost, eval_cost) if training else eval_cost
+    kept_eval = eval_fixed + int(KEPT_HEAP * (eval_cost - eval_fixed))
+    kept = max(fixed + int(KEPT_HEAP * step_cost), kept_eval) if training else kept_eval
+    if returned and micro is None and eval_batch >= eval_batch_size and kept <= room:
+        keep_freed_host_memory()  # room to spare: faster steps, within the kept heap's peaks
+        returned, taken = False, kept
+    else:
+        taken = max(fixed + step_cost, eval_cost) if training else eval_cost
     if not training:
         choice = f"evaluation in batches of {eval_batch}"
     elif micro is None:
@@ -399,10 +413,11 @@ def plan_memory(
         "" if eval_batch == eval_batch_size or not training
         else f", evaluation in batches of {eval_batch}"
     )
+    exact = "; freed memory goes back to the system (exact peaks, slower steps)"
     message = (
         f"memory: {choice}{evaluation}; a step is expected to take {format_bytes(taken)} "
         f"beyond the {format_bytes(budget.used)} in use, of {format_bytes(budget.headroom)} "
-        f"left ({budget.source})"
+        f"left ({budget.source}){exact if returned else ''}"
     )
     return Plan(micro, eval_batch, budget.used + taken, budget, message)
 

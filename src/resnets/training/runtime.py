@@ -124,11 +124,25 @@ def resolve_channels_last(channels_last: bool | None, device: torch.device, prec
     return device.type in ("cuda", "cpu")
 
 
-# glibc's mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+# glibc's mallopt parameters (malloc.h), and the values `return_freed_host_memory` sets.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
+_OWN_MAPPING = 2**20  # blocks of at least this many bytes each get their own mapping
+_MAPPINGS = 65536  # glibc's default limit on such mappings
+_TRIM = 128 * 2**10  # glibc's default: free memory beyond this at the heap's top goes back
+_kept = False  # whether malloc keeps freed memory now (see `keep_freed_host_memory`)
 
 
-@cache
+def _mallopt(*settings: tuple[int, int]) -> bool:
+    """Set glibc malloc's parameters; False off glibc or where one is refused."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return all(bool(mallopt(parameter, value)) for parameter, value in settings)
+
+
 def keep_freed_host_memory() -> bool:
     """Make glibc malloc keep freed memory for reuse instead of handing it back to the kernel.
 
@@ -142,14 +156,31 @@ def keep_freed_host_memory() -> bool:
     the process keeps its peak heap until it exits, which a training run does anyway.
     Returns whether the setting took (False off glibc).
     """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    global _kept
+    _kept = _mallopt((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
+    return _kept
+
+
+def return_freed_host_memory() -> bool:
+    """Undo `keep_freed_host_memory`: each block of 1 MiB or more gets its own mapping again
+    and goes back to the kernel when freed.
+
+    Kept memory makes a step's peak depend on the heap's layout, which changes with the address
+    space's from run to run: one probe of the chapter's network at 224 px peaked 1.0 to 1.8
+    GiB above what was in use, and 0.64 GiB in every process with its own mappings (BENCHMARKS.md,
+    "The memory plan, a third time"). The steps pay for the page faults instead. The memory
+    planner measures this way, and keeps freed memory again only where that fits with room to
+    spare. Returns whether the setting took (False off glibc).
+    """
+    global _kept
+    _kept = False
+    return _mallopt((_M_MMAP_MAX, _MAPPINGS), (_M_MMAP_THRESHOLD, _OWN_MAPPING),
+                    (_M_TRIM_THRESHOLD, _TRIM))  # fmt: skip
+
+
+def host_memory_kept() -> bool:
+    """Whether malloc keeps freed memory in this process (see `keep_freed_host_memory`)."""
+    return _kept
 
 
 def release_freed_host_memory() -> bool:
