@@ -62,6 +62,7 @@ def test_bench_text(capsys: pytest.CaptureFixture[str]) -> None:
     assert "BatchNorm as trained" in out and "BatchNorm folded" in out and "eval onnx" in out
 
 
+@pytest.mark.slow
 def test_side_by_side_script(tmp_path: Path) -> None:
     out = tmp_path / "figures.json"
     command = [

@@ -116,6 +116,7 @@ def test_sweep_refuses_an_unknown_configuration(
         sweep.main(["--only", "resnet50@32", "--plot", str(tmp_path / "x.png")])
 
 
+@pytest.mark.slow
 def test_regions_script(tmp_path: Path) -> None:
     """benchmarks/regions.py compiles BN+ReLU and times it beside eager; gradients agree."""
     out = tmp_path / "regions.json"

@@ -288,6 +288,7 @@ def run_limited(group: Path, argv: list[str]) -> subprocess.CompletedProcess[str
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_run_that_a_container_limit_would_kill_trains_to_the_end(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
