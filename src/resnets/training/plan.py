@@ -57,7 +57,7 @@ DATA_SHARE = 0.5  # data above this share of the budget is streamed from disk
 EXTRAPOLATION = 1.25
 # On the CPU the probes measure with freed memory handed back (runtime.return_freed_host_memory),
 # so each large block has its own mapping and a peak is what the step holds: one probe of the
-# chapter's network at 224 px took 0.64 GiB above what was in use, the same in every process.
+# chapter's network at 224 px took 0.64 to 0.72 GiB above what was in use, alike in every process.
 # With freed memory kept for speed (runtime.keep_freed_host_memory) the same probe took 1.0 to
 # 1.8 GiB, changing with the heap's layout from run to run, which no single probe can bound.
 # So a plan keeps freed memory only where the whole batch fits with the kept heap's peaks

@@ -167,10 +167,10 @@ def return_freed_host_memory() -> bool:
 
     Kept memory makes a step's peak depend on the heap's layout, which changes with the address
     space's from run to run: one probe of the chapter's network at 224 px peaked 1.0 to 1.8
-    GiB above what was in use, and 0.64 GiB in every process with its own mappings (BENCHMARKS.md,
-    "The memory plan, a third time"). The steps pay for the page faults instead. The memory
-    planner measures this way, and keeps freed memory again only where that fits with room to
-    spare. Returns whether the setting took (False off glibc).
+    GiB above what was in use, and 0.64 to 0.72 GiB, the same in every process, with its own
+    mappings (BENCHMARKS.md, "The memory plan, a third time"). The steps pay for the page
+    faults instead. The memory planner measures this way, and keeps freed memory again only
+    where that fits with room to spare. Returns whether the setting took (False off glibc).
     """
     global _kept
     _kept = False
