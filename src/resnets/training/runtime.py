@@ -129,18 +129,25 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
 _OWN_MAPPING = 2**20  # blocks of at least this many bytes each get their own mapping
 _MAPPINGS = 65536  # glibc's default limit on such mappings
 _TRIM = 128 * 2**10  # glibc's default: free memory beyond this at the heap's top goes back
-_kept = False  # whether malloc keeps freed memory now (see `keep_freed_host_memory`)
+
+
+@cache
+def _glibc() -> ctypes.CDLL | None:
+    """The C library where it is glibc (Linux); None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
 
 
 def _mallopt(*settings: tuple[int, int]) -> bool:
     """Set glibc malloc's parameters; False off glibc or where one is refused."""
-    if not sys.platform.startswith("linux"):
+    libc = _glibc()
+    if libc is None or not hasattr(libc, "mallopt"):
         return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    return all(bool(mallopt(parameter, value)) for parameter, value in settings)
+    return all(bool(libc.mallopt(parameter, value)) for parameter, value in settings)
 
 
 def keep_freed_host_memory() -> bool:
@@ -156,9 +163,7 @@ def keep_freed_host_memory() -> bool:
     the process keeps its peak heap until it exits, which a training run does anyway.
     Returns whether the setting took (False off glibc).
     """
-    global _kept
-    _kept = _mallopt((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
-    return _kept
+    return _mallopt((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def return_freed_host_memory() -> bool:
@@ -172,15 +177,8 @@ def return_freed_host_memory() -> bool:
     faults instead. The memory planner measures this way, and keeps freed memory again only
     where that fits with room to spare. Returns whether the setting took (False off glibc).
     """
-    global _kept
-    _kept = False
     return _mallopt((_M_MMAP_MAX, _MAPPINGS), (_M_MMAP_THRESHOLD, _OWN_MAPPING),
                     (_M_TRIM_THRESHOLD, _TRIM))  # fmt: skip
-
-
-def host_memory_kept() -> bool:
-    """Whether malloc keeps freed memory in this process (see `keep_freed_host_memory`)."""
-    return _kept
 
 
 def release_freed_host_memory() -> bool:
@@ -190,12 +188,10 @@ def release_freed_host_memory() -> bool:
     high-water mark of everything before; trimming first lets a measurement of a peak see
     what the measured work itself takes. Returns whether it could be done.
     """
-    if not sys.platform.startswith("linux"):
+    libc = _glibc()
+    if libc is None or not hasattr(libc, "malloc_trim"):
         return False
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)  # returns whether it freed anything
-    except (OSError, AttributeError):
-        return False
+    libc.malloc_trim(0)  # returns whether it freed anything
     return True
 
 
