@@ -38,12 +38,16 @@ browser:
 
 # `data` lets the one test that uses the real files run too; without them it is skipped.
 # Lint, type-check the library, check that its imports point one way (lint-imports: the
-# contracts in pyproject.toml), then the suite with a coverage summary.
+# contracts in pyproject.toml), then the suite with a coverage summary. The suite runs in one
+# pytest-xdist process per core, each computing on one thread: many tests wait on a subprocess
+# or a socket, and a second process keeps the cores busy meanwhile, while two threads in each
+# would fight over the cores instead (BENCHMARKS.md, "The test suite's time"). A plain
+# `pytest` runs it in one process on every core, as before.
 test: $(VENV)/.installed data browser
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q --cov --cov-report=term
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --cov --cov-report=term
 
 # Every combination of tests/test_matrix.py: every network, size, batch, precision and layout
 # (hundreds of short real runs; `make test` runs its cheap slice).

@@ -118,9 +118,13 @@ GOOD = idx_bytes((4, 5), bytes(20))
         (GOOD[:6], "truncated header"),
         (GOOD[:-7], "truncated: expected 20 bytes of data, found 13"),
         (GOOD + b"\0\0\0", "extra bytes: expected 20 bytes of data, found 23"),
-        (gzip.compress(GOOD)[:-12], "corrupt gzip stream"),
-        (gzip.compress(GOOD)[:12] + b"\xff" * 30, "corrupt gzip stream"),
+        # mtime=0: gzip stamps the time into its header, and a test's id must be the same in
+        # every process that collects it (pytest-xdist's workers)
+        (gzip.compress(GOOD, mtime=0)[:-12], "corrupt gzip stream"),
+        (gzip.compress(GOOD, mtime=0)[:12] + b"\xff" * 30, "corrupt gzip stream"),
     ],
+    ids=["magic", "two-bytes", "type-code", "short-header", "short-data", "extra-data",
+         "gzip-cut", "gzip-garbled"],  # fmt: skip
 )
 def test_idx_errors_name_the_file(tmp_path: Path, content: bytes, message: str) -> None:
     path = tmp_path / "broken-idx1-ubyte.gz"

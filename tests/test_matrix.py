@@ -131,11 +131,13 @@ def edge_sizes(model: str) -> tuple[int, int]:
     return last_single, last_single + 1
 
 
-CHEAP = {
+# A tuple, not a set: a set of strings iterates in a per-process hash order, and pytest-xdist
+# requires every worker to collect the same tests in the same order.
+CHEAP = (
     Case("d2l_resnet18", 28, 1, "fp32", False, "safetensors"),  # the network and size
     Case("d2l_resnet18", 28, 2, "fp32", False, "safetensors"),  # 3 images: the last joined
     Case("cifar_resnet20", 3, 3, "bf16", True, "safetensors"),  # 1x1 last map, odd batch
-}
+)
 
 
 def parametrised() -> list[object]:

@@ -278,14 +278,16 @@ def memory_cgroup(limit: int) -> Iterator[Path]:
 
 
 def run_limited(group: Path, argv: list[str]) -> subprocess.CompletedProcess[str]:
-    """`resnets ARGV` in a fresh Python process placed in `group` before it starts."""
+    """`resnets ARGV` in a fresh Python process placed in `group` before it starts, computing
+    on every core as a user's run does (`make test` gives its own processes one thread each)."""
 
     def enter() -> None:
         (group / "cgroup.procs").write_text(str(os.getpid()))
 
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     return subprocess.run(
         [sys.executable, "-m", "resnets.cli", *argv], capture_output=True, text=True,
-        preexec_fn=enter, timeout=timeout(600),
+        preexec_fn=enter, timeout=timeout(600), env=env,
     )  # fmt: skip
 
 
