@@ -402,6 +402,7 @@ def test_stem_pool_halves_as_stride_2_does_with_the_same_weights(name: str) -> N
     BN-ReLU where it has one; every map the size of the stride-2 stem's at odd and even sides
     (ceil mode), and the stride-2 network's state dict loads as it is."""
     small = MODEL_SPECS[name].stem != "cifar"
+    torch.manual_seed(0)
     two = resnets.create_model(name, small_input=small, width=0.0625, stem_stride=2).eval()
     pooled = resnets.create_model(
         name, small_input=small, width=0.0625, stem_stride=2, stem_pool=True
@@ -417,7 +418,10 @@ def test_stem_pool_halves_as_stride_2_does_with_the_same_weights(name: str) -> N
             if hasattr(pooled, "bn1"):
                 by_hand = pooled.relu(pooled.bn1(by_hand))
             assert torch.equal(pooled.stem(x), by_hand)
-            assert not torch.allclose(pooled(x), two(x))  # the two stems differ
+            # the two stems differ; compared at the stem, since the logits of the deepest
+            # networks at this width can come out alike for every input (pytest-xdist's order
+            # of tests drew such an initialisation for cifar_preact_resnet110)
+            assert not torch.allclose(pooled.stem(x), two.stem(x))
 
 
 def test_stem_pool_is_refused_without_stride_2() -> None:
