@@ -402,7 +402,6 @@ def test_stem_pool_halves_as_stride_2_does_with_the_same_weights(name: str) -> N
     BN-ReLU where it has one; every map the size of the stride-2 stem's at odd and even sides
     (ceil mode), and the stride-2 network's state dict loads as it is."""
     small = MODEL_SPECS[name].stem != "cifar"
-    torch.manual_seed(0)
     two = resnets.create_model(name, small_input=small, width=0.0625, stem_stride=2).eval()
     pooled = resnets.create_model(
         name, small_input=small, width=0.0625, stem_stride=2, stem_pool=True
